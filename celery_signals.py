@@ -1,0 +1,193 @@
+"""Carry the OpenTelemetry trace context from a Celery producer to its worker, by hand.
+
+Call install(variant) once in every process that loads your Celery app: the web process
+that publishes tasks and every worker that runs them. This module imports nothing of the
+app around it, so it can be copied into any Celery project.
+"""
+
+import time
+from contextvars import ContextVar
+
+from celery import signals
+from opentelemetry import context, trace
+from opentelemetry.propagate import extract, inject
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+# broken:      nothing is propagated; the worker's span starts a trace of its own.
+# inject-only: the producer injects at the call site, the worker reads nothing: still broken.
+# call-site:   the producer injects at the call site, the worker extracts. Loses the messages
+#              Celery republishes itself (chain steps, link callbacks, errbacks).
+# fixed:       every publish injects (before_task_publish), the worker extracts.
+VARIANTS = ("broken", "inject-only", "call-site", "fixed")
+CALL_SITE_VARIANTS = ("inject-only", "call-site")
+
+# A caller sets this header to start the task in a new trace that only links back to its
+# producer: for fan-outs that would make one trace too large to read.
+NEW_TRACE_HEADER = "otel_new_trace"
+# Set at publish time so the worker can tell how long the message waited in the queue.
+PUBLISHED_AT_HEADER = "otel_published_at"
+# A legitimate traceparent is 55 characters and tracestate at most 32 entries. Anything
+# far larger is garbage or hostile: the SDK would log it whole in a warning.
+MAX_HEADER_LENGTH = 8192
+
+_tracer = trace.get_tracer(__name__)
+# The publish span lives from before_task_publish to after_task_publish, which Celery sends
+# in the same thread (or greenlet) around one message: a ContextVar keeps concurrent
+# publishes in other threads apart.
+_publish_span = ContextVar("celery_publish_span", default=None)
+
+
+def install(variant):
+    """Connect the signal handlers of one variant. Call once per process."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown propagation variant {variant!r}: choose one of {VARIANTS}")
+    # weak=False: Celery's signals hold weak references by default, and a receiver that
+    # has been garbage-collected fails silently.
+    if variant == "fixed":
+        signals.before_task_publish.connect(_start_publish_span, weak=False)
+        signals.after_task_publish.connect(_end_publish_span, weak=False)
+    if variant in ("call-site", "fixed"):
+        signals.task_prerun.connect(_continue_trace, weak=False)
+    else:
+        signals.task_prerun.connect(_start_new_trace, weak=False)
+    signals.task_postrun.connect(_end_consumer_span, weak=False)
+    signals.task_failure.connect(_record_failure, weak=False)
+    signals.task_retry.connect(_record_retry, weak=False)
+    signals.task_revoked.connect(_record_revoked, weak=False)
+
+
+def _start_publish_span(sender, headers, routing_key=None, **_):
+    # sender is the task *name* here: the producer may not have the task registered.
+    span = _tracer.start_span(
+        f"celery.apply {sender}",
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "celery",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": routing_key or "",
+            "messaging.message.id": headers.get("id", ""),
+            "celery.task.name": sender,
+        },
+    )
+    # Injecting here rather than at the call site also covers the messages Celery publishes
+    # itself: chain steps, link callbacks and errbacks, retries, chord bodies. Those are
+    # published while the parent task's context is attached, so the trace carries on.
+    inject(headers, context=trace.set_span_in_context(span))
+    headers[PUBLISHED_AT_HEADER] = time.time()
+    _publish_span.set(span)
+
+
+def _end_publish_span(**_):
+    span = _publish_span.get()
+    if span is not None:
+        span.end()
+        _publish_span.set(None)
+
+
+class _RequestGetter(Getter):
+    """Reads propagation fields from a task request, as the worker received them."""
+
+    def get(self, request, key):
+        # Headers given to apply_async become attributes of the request. Celery 5.3 and later
+        # also keep them in request.headers, which is the only place eager mode puts them.
+        value = getattr(request, key, None)
+        if value is None:
+            value = (getattr(request, "headers", None) or {}).get(key)
+        # Only well-formed values reach the propagator; the rest count as absent.
+        if isinstance(value, str) and len(value) <= MAX_HEADER_LENGTH:
+            return [value]
+        return None
+
+    def keys(self, request):
+        return list(getattr(request, "headers", None) or {})
+
+
+_getter = _RequestGetter()
+
+
+def _continue_trace(task, **_):
+    # task_prerun has no headers argument: a receiver declared with headers=None always sees
+    # None. The context travels on the task request instead.
+    remote = extract(task.request, getter=_getter)
+    if getattr(task.request, NEW_TRACE_HEADER, None):
+        producer = trace.get_current_span(remote).get_span_context()
+        _start_consumer_span(task, context.Context(), links=[Link(producer)])
+    else:
+        _start_consumer_span(task, remote)
+
+
+def _start_new_trace(task, **_):
+    # An empty parent, not the current context: whatever is current in a worker between
+    # tasks belongs to no request.
+    _start_consumer_span(task, context.Context())
+
+
+def _start_consumer_span(task, parent, links=()):
+    request = task.request
+    attributes = {
+        "messaging.system": "celery",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": (request.delivery_info or {}).get("routing_key") or "",
+        "messaging.message.id": request.id,
+        "celery.task.name": task.name,
+        "celery.retries": request.retries or 0,
+    }
+    published_at = getattr(request, PUBLISHED_AT_HEADER, None)
+    if isinstance(published_at, (int, float)):
+        attributes["celery.queue_time_ms"] = max(0.0, (time.time() - published_at) * 1000)
+    span = _tracer.start_span(
+        f"celery.run {task.name}", context=parent, kind=SpanKind.CONSUMER,
+        attributes=attributes, links=links,
+    )
+    # Attach the consumer span itself, so the task's own spans become its children. The
+    # token and span live on this task's request, never in a module global: the threads,
+    # gevent and eventlet pools run many tasks at once in one process.
+    request.otel_consumer = (span, context.attach(trace.set_span_in_context(span, parent)))
+
+
+def _end_consumer_span(task, state=None, **_):
+    # task_postrun is sent from a finally block, so success, failure and retry all end here
+    # and the next task on this worker never inherits this one's context.
+    consumer = getattr(task.request, "otel_consumer", None)
+    if consumer is None:
+        return
+    span, token = consumer
+    task.request.otel_consumer = None
+    span.set_attribute("celery.state", state or "UNKNOWN")
+    span.end()
+    context.detach(token)
+
+
+def _record_failure(sender, exception, **_):
+    consumer = getattr(sender.request, "otel_consumer", None)
+    # Failures the worker reports outside the task run (a time-limit kill) have no span.
+    if consumer is None:
+        return
+    span = consumer[0]
+    span.record_exception(exception)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}"))
+
+
+def _record_retry(sender, reason, **_):
+    consumer = getattr(sender.request, "otel_consumer", None)
+    if consumer is not None:
+        consumer[0].set_attribute("celery.retry.reason", str(reason))
+
+
+def _record_revoked(sender, request, terminated=False, expired=False, **_):
+    # A task revoked before it starts never reaches task_prerun. Leave a short span in the
+    # producer's trace, so the trace shows where the work stopped. Nothing is attached, so
+    # no context can leak into the next task.
+    reason = "expired" if expired else "terminated" if terminated else "revoked"
+    remote = extract(request, getter=_getter)
+    span = _tracer.start_span(
+        f"celery.revoked {sender.name}", context=remote, kind=SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "celery",
+            "messaging.message.id": getattr(request, "id", "") or "",
+            "celery.task.name": sender.name,
+            "celery.revoked.reason": reason,
+        },
+    )
+    span.end()

@@ -1,0 +1,51 @@
+"""The orders table, in SQLite: the web app creates orders, the worker updates them."""
+
+import os
+import sqlite3
+import tempfile
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS orders (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    item TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    status TEXT NOT NULL
+)
+"""
+
+
+def database_path():
+    return os.environ.get("ORDERS_DB") or os.path.join(tempfile.gettempdir(), "orders.db")
+
+
+def connect(path=None):
+    # The web app and the worker are separate processes writing one file: wait for the
+    # other's lock rather than failing with "database is locked".
+    connection = sqlite3.connect(path or database_path(), timeout=10)
+    connection.row_factory = sqlite3.Row
+    connection.execute(SCHEMA)
+    return connection
+
+
+def create_order(connection, item, quantity):
+    with connection:
+        cursor = connection.execute(
+            "INSERT INTO orders (item, quantity, status) VALUES (?, ?, 'queued')",
+            (item, quantity),
+        )
+    return cursor.lastrowid
+
+
+def delete_order(connection, order_id):
+    with connection:
+        connection.execute("DELETE FROM orders WHERE id = ?", (order_id,))
+
+
+def get_order(connection, order_id):
+    row = connection.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
+    return dict(row) if row else None
+
+
+def set_status(connection, order_id, status):
+    with connection:
+        connection.execute("UPDATE orders SET status = ? WHERE id = ?", (status, order_id))

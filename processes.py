@@ -1,0 +1,97 @@
+"""Start and stop the web and worker processes, exactly as the demo, the tests and
+docker-compose.yml run them."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# --without-mingle/-gossip/-heartbeat: kombu's filesystem transport has no broadcast
+# exchange for them, and the demo needs none of them on Redis either.
+WORKER_ARGS = [
+    "-m", "celery", "-A", "tasks", "worker", "--loglevel", "INFO",
+    "--without-mingle", "--without-gossip", "--without-heartbeat",
+]
+WEB_ARGS = ["app.py"]
+
+
+class ProcessFailed(RuntimeError):
+    """A process exited early or did not become ready: the message holds its log."""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args, env, log_path):
+    """Start `python ARGS` in the repository with ENV added, its output going to LOG_PATH."""
+    log = open(log_path, "wb")
+    # A session of its own, so that stop() can reach a prefork worker's children too.
+    process = subprocess.Popen(
+        [sys.executable, *args], cwd=HERE, env={**os.environ, **env},
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log.close()
+    process.log_path = log_path
+    return process
+
+
+def start_worker(env, log_path, pool="prefork", concurrency=1, extra_args=()):
+    args = [*WORKER_ARGS, "--pool", pool, "--concurrency", str(concurrency), *extra_args]
+    return start(args, env, log_path)
+
+
+def start_web(env, log_path, deadline=20.0):
+    """Start the web app on a free port; return (process, base URL) once it accepts."""
+    port = free_port()
+    process = start(WEB_ARGS, {**env, "FLASK_RUN_PORT": str(port)}, log_path)
+    wait_for_port(process, port, deadline)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_for_port(process, port, deadline):
+    give_up = time.monotonic() + deadline
+    while time.monotonic() < give_up:
+        check_alive(process)
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise ProcessFailed(f"nothing listened on port {port} after {deadline}s\n{log_tail(process)}")
+
+
+def check_alive(process):
+    if process.poll() is not None:
+        raise ProcessFailed(f"process exited with code {process.returncode}\n{log_tail(process)}")
+
+
+def log_tail(process, lines=30):
+    text = Path(process.log_path).read_text(errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def stop(process, deadline=15.0):
+    """Ask for a warm shutdown (SIGTERM: spans are flushed on the way out), then insist."""
+    if process.poll() is None:
+        # The main process only: it shuts its pool children down in order, letting each
+        # flush its spans. A signal to the whole group could kill a child mid-flush.
+        process.terminate()
+        try:
+            process.wait(deadline)
+        except subprocess.TimeoutExpired:
+            pass
+    # Whatever is left of the session (a prefork child that outlived its parent) goes too.
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()

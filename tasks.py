@@ -1,0 +1,82 @@
+"""The Celery app and its tasks. Web and worker processes both import this module."""
+
+import os
+import tempfile
+from contextlib import closing
+
+from celery import Celery, signals
+from celery.concurrency import get_implementation
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from opentelemetry import trace
+
+import orders_db
+from celery_signals import install
+from tracing import flush_tracing, setup_tracing
+
+WORKER_SERVICE_NAME = "orders-worker"
+# Web and worker must agree: both import this module.
+PROPAGATION = os.environ.get("PROPAGATION", "fixed")
+
+
+def broker_settings():
+    url = os.environ.get("CELERY_BROKER_URL") or "filesystem://"
+    if not url.startswith("filesystem://"):
+        return {"broker_url": url}
+    # kombu's filesystem transport: the broker is a folder that producer and worker share,
+    # so the demo runs with no broker server at all.
+    folder = os.environ.get("CELERY_BROKER_FOLDER") or os.path.join(
+        tempfile.gettempdir(), "celery-broker"
+    )
+    os.makedirs(folder, exist_ok=True)
+    options = {"data_folder_in": folder, "data_folder_out": folder}
+    return {"broker_url": url, "broker_transport_options": options}
+
+
+celery_app = Celery("orders")
+celery_app.conf.update(
+    broker_settings(),
+    # JSON only: a pickle payload from anyone who can write to the broker runs code here.
+    task_serializer="json",
+    accept_content=["json"],
+    # The task reports its outcome in the orders table; no result backend to run.
+    task_ignore_result=True,
+    # A broker that is down must fail the request quickly, not hang it.
+    broker_connection_timeout=2,
+    task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
+    # Acknowledge after the task ran: a worker lost mid-task leaves the message to redeliver.
+    task_acks_late=True,
+    worker_prefetch_multiplier=1,
+)
+install(PROPAGATION)
+
+tracer = trace.get_tracer(__name__)
+
+
+@celery_app.task(name="tasks.process_order")
+def process_order(order_id):
+    with closing(orders_db.connect()) as db:
+        with tracer.start_as_current_span("charge_payment"):
+            if orders_db.get_order(db, order_id) is None:
+                raise LookupError(f"order {order_id} does not exist")
+            orders_db.set_status(db, order_id, "charged")
+        with tracer.start_as_current_span("send_confirmation"):
+            orders_db.set_status(db, order_id, "confirmed")
+
+
+@signals.worker_init.connect(weak=False)
+def _trace_worker(sender, **_):
+    # A prefork worker runs its tasks in child processes, which set up their own tracing
+    # below. Its main process keeps none: a child forked from it would inherit the
+    # exporter's open HTTP connections.
+    if not issubclass(get_implementation(sender.pool_cls), PreforkPool):
+        setup_tracing(WORKER_SERVICE_NAME)
+
+
+@signals.worker_process_init.connect(weak=False)
+def _trace_pool_child(**_):
+    setup_tracing(WORKER_SERVICE_NAME)
+
+
+@signals.worker_process_shutdown.connect(weak=False)
+def _flush_pool_child(**_):
+    flush_tracing()

@@ -1,0 +1,203 @@
+"""A tiny OTLP/HTTP trace receiver that keeps spans in SQLite: a tracing backend for laptops.
+
+Run it on its own (python trace_sink.py --db spans.db) and point any OpenTelemetry SDK at
+it with OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318, or start it in-process with
+TraceSink. Only what this tutorial needs: traces, protobuf, optional gzip.
+"""
+
+import argparse
+import gzip
+import json
+import sqlite3
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS spans (
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    parent_id TEXT,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    service TEXT,
+    start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    links TEXT NOT NULL
+)
+"""
+
+
+def _value(any_value):
+    field = any_value.WhichOneof("value")
+    if field == "array_value":
+        return [_value(v) for v in any_value.array_value.values]
+    if field == "kvlist_value":
+        return _attributes(any_value.kvlist_value.values)
+    if field == "bytes_value":
+        return any_value.bytes_value.hex()
+    return getattr(any_value, field) if field else None
+
+
+def _attributes(key_values):
+    return {kv.key: _value(kv.value) for kv in key_values}
+
+
+def _rows(export_request):
+    for resource_spans in export_request.resource_spans:
+        resource = _attributes(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                links = [
+                    {"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex()}
+                    for link in span.links
+                ]
+                yield (
+                    span.trace_id.hex(),
+                    span.span_id.hex(),
+                    span.parent_span_id.hex() or None,
+                    span.name,
+                    Span.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_"),
+                    resource.get("service.name"),
+                    span.start_time_unix_nano,
+                    span.end_time_unix_nano,
+                    span.status.StatusCode.Name(span.status.code).removeprefix("STATUS_CODE_"),
+                    json.dumps(_attributes(span.attributes)),
+                    json.dumps(resource),
+                    json.dumps(links),
+                )
+
+
+def load_spans(db_path, **resource_filter):
+    """The stored spans, oldest first; keep those whose resource has every given attribute."""
+    with sqlite3.connect(db_path) as db:
+        db.execute(SCHEMA)
+        db.row_factory = sqlite3.Row
+        rows = db.execute("SELECT * FROM spans ORDER BY start_ns").fetchall()
+    spans = []
+    for row in rows:
+        span = dict(row)
+        for column in ("attributes", "resource", "links"):
+            span[column] = json.loads(span[column])
+        if all(span["resource"].get(k) == v for k, v in resource_filter.items()):
+            spans.append(span)
+    return spans
+
+
+def wait_for_spans(db_path, ready, deadline, check=None, **resource_filter):
+    """Poll the stored spans until ready(spans) is true; TimeoutError after DEADLINE seconds.
+
+    check() runs on every poll: let it raise when a process the spans depend on has died.
+    """
+    give_up = time.monotonic() + deadline
+    while True:
+        if check:
+            check()
+        spans = load_spans(db_path, **resource_filter)
+        if ready(spans):
+            return spans
+        if time.monotonic() > give_up:
+            names = sorted(span["name"] for span in spans)
+            raise TimeoutError(f"spans still incomplete after {deadline}s: {names}")
+        time.sleep(0.1)
+
+
+class TraceSink:
+    """An OTLP/HTTP receiver on 127.0.0.1, serving from a background thread."""
+
+    def __init__(self, db_path, port=0):
+        self.db_path = db_path
+        self._lock = threading.Lock()
+        with sqlite3.connect(db_path) as db:
+            db.execute(SCHEMA)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self):
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def serve_forever(self):
+        self._server.serve_forever()
+
+    def stop(self):
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def store(self, body):
+        export_request = ExportTraceServiceRequest()
+        export_request.ParseFromString(body)
+        rows = list(_rows(export_request))
+        # One writer at a time: the exporter of every process posts here concurrently.
+        with self._lock, sqlite3.connect(self.db_path) as db:
+            db.executemany(f"INSERT INTO spans VALUES ({', '.join('?' * 12)})", rows)
+
+    def _handler_class(self):
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                if self.path != "/v1/traces":
+                    return self._reply(404, b"only /v1/traces is served here")
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > MAX_BODY_BYTES:
+                    return self._reply(413, b"export request too large")
+                body = self.rfile.read(length)
+                try:
+                    if self.headers.get("Content-Encoding") == "gzip":
+                        body = gzip.decompress(body)
+                    sink.store(body)
+                except (OSError, DecodeError) as error:
+                    return self._reply(400, f"not an OTLP protobuf export: {error}".encode())
+                self._reply(200, ExportTraceServiceResponse().SerializeToString())
+
+            def _reply(self, status, body):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass  # one line per export would drown the demo's output
+
+        return Handler
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", default="spans.db", help="SQLite file to keep spans in")
+    parser.add_argument("--port", type=int, default=4318)
+    args = parser.parse_args()
+    sink = TraceSink(args.db, args.port)
+    print(f"receiving OTLP/HTTP traces on {sink.endpoint}, storing them in {args.db}")
+    try:
+        sink.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""OpenTelemetry set-up for one process: the web app, a worker, or a worker's pool child."""
+
+import os
+
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+_provider = None
+
+
+def setup_tracing(default_service_name):
+    """Export this process's spans over OTLP/HTTP; return the TracerProvider.
+
+    The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT (default http://localhost:4318) and the
+    propagators read OTEL_PROPAGATORS, so only the service name is ours to choose.
+    """
+    global _provider
+    # OpenTelemetry lets a process set its provider once; a second one would be ignored
+    # with a warning, and the spans meant for it would go nowhere.
+    if _provider is not None:
+        return _provider
+    # Attributes passed to Resource.create win over the environment, so give
+    # OTEL_SERVICE_NAME its precedence here.
+    service_name = os.environ.get("OTEL_SERVICE_NAME") or default_service_name
+    _provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
+    _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(_provider)
+    return _provider
+
+
+def flush_tracing():
+    """Export the spans still queued, for processes that exit without running atexit.
+
+    Billiard ends prefork children with os._exit(), so the SDK's own atexit shutdown never
+    runs there: a child recycled by worker_max_tasks_per_child would take its last spans
+    with it.
+    """
+    if _provider is not None:
+        _provider.force_flush()
