@@ -10,8 +10,10 @@ import argparse
 import json
 import os
 import sys
+import threading
 import tempfile
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from celery_signals import VARIANTS
@@ -37,7 +39,7 @@ def post_order(base_url):
         return json.load(response)
 
 
-def run_variant(variant, workdir, sink):
+def run_variant(variant, workdir, sink, cancelled):
     """Post one order with VARIANT's web app and worker; return the spans it produced."""
     env = {
         "PROPAGATION": variant,
@@ -48,8 +50,15 @@ def run_variant(variant, workdir, sink):
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "ORDERS_DB": str(workdir / "orders.db"),
         "CELERY_BROKER_FOLDER": str(workdir / "broker"),
+        "ORDERS_QUEUE": f"orders-{variant}",
     }
     worker = start_worker(env, workdir / f"worker-{variant}.log")
+
+    def still_wanted():
+        check_alive(worker)
+        if cancelled.is_set():
+            raise KeyboardInterrupt
+
     try:
         web, base_url = start_web(env, workdir / f"web-{variant}.log")
         try:
@@ -58,7 +67,7 @@ def run_variant(variant, workdir, sink):
                 sink.db_path,
                 lambda spans: any(s["name"] == "send_confirmation" for s in spans),
                 SPANS_DEADLINE,
-                check=lambda: check_alive(worker),
+                check=still_wanted,
                 **{"demo.variant": variant},
             )
         finally:
@@ -75,22 +84,31 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     args = parser.parse_args(argv)
     results = {}
+    cancelled = threading.Event()
     try:
         with tempfile.TemporaryDirectory(prefix="celery-trace-demo-") as tmp, \
-                TraceSink(os.path.join(tmp, "spans.db")) as sink:
-            for variant in args.variants:
-                spans = run_variant(variant, Path(tmp), sink)
-                results[variant] = verdict(spans)
-                if not args.json:
-                    print(f"== {variant}: {STORIES[variant]}")
-                    print(render(spans))
-                    print(f"verdict: {describe(results[variant])}\n")
+                TraceSink(os.path.join(tmp, "spans.db")) as sink, \
+                ThreadPoolExecutor(len(args.variants)) as pool:
+            # The variants run side by side, each on a queue of its own: a worker takes
+            # seconds to shut down, and one after the other they would keep you waiting.
+            runs = [pool.submit(run_variant, v, Path(tmp), sink, cancelled) for v in args.variants]
+            try:
+                spans = {variant: run.result() for variant, run in zip(args.variants, runs)}
+            except BaseException:
+                cancelled.set()  # the other runs stop their processes and end early
+                raise
     except KeyboardInterrupt:
         print("interrupted: every process the demo started has been stopped", file=sys.stderr)
         return 130
     except (ProcessFailed, TimeoutError, OSError) as error:
         print(f"demo failed: {error}", file=sys.stderr)
         return 1
+    for variant in args.variants:
+        results[variant] = verdict(spans[variant])
+        if not args.json:
+            print(f"== {variant}: {STORIES[variant]}")
+            print(render(spans[variant]))
+            print(f"verdict: {describe(results[variant])}\n")
     if args.json:
         print(json.dumps(results))
     return 0

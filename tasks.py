@@ -18,17 +18,20 @@ WORKER_SERVICE_NAME = "orders-worker"
 PROPAGATION = os.environ.get("PROPAGATION", "fixed")
 
 
-def broker_settings():
-    url = os.environ.get("CELERY_BROKER_URL") or "filesystem://"
+def broker_settings(env=os.environ):
+    url = env.get("CELERY_BROKER_URL") or "filesystem://"
     if not url.startswith("filesystem://"):
         return {"broker_url": url}
     # kombu's filesystem transport: the broker is a folder that producer and worker share,
     # so the demo runs with no broker server at all.
-    folder = os.environ.get("CELERY_BROKER_FOLDER") or os.path.join(
-        tempfile.gettempdir(), "celery-broker"
-    )
+    folder = env.get("CELERY_BROKER_FOLDER") or os.path.join(tempfile.gettempdir(), "celery-broker")
     os.makedirs(folder, exist_ok=True)
-    options = {"data_folder_in": folder, "data_folder_out": folder}
+    options = {
+        "data_folder_in": folder,
+        "data_folder_out": folder,
+        # Its exchange tables go to ./control unless told otherwise.
+        "control_folder": os.path.join(folder, "control"),
+    }
     return {"broker_url": url, "broker_transport_options": options}
 
 
@@ -43,6 +46,9 @@ celery_app.conf.update(
     # A broker that is down must fail the request quickly, not hang it.
     broker_connection_timeout=2,
     task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
+    # One queue per deployment, so that several can share a broker (the demo runs every
+    # variant at once).
+    task_default_queue=os.environ.get("ORDERS_QUEUE", "orders"),
     # Acknowledge after the task ran: a worker lost mid-task leaves the message to redeliver.
     task_acks_late=True,
     worker_prefetch_multiplier=1,

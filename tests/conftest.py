@@ -1,0 +1,148 @@
+"""Real processes for the tests: a trace sink, workers and the web app on a real broker."""
+
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from celery import Celery
+
+from processes import check_alive, start_web, start_worker, stop
+from tasks import broker_settings
+from trace_sink import TraceSink, load_spans, wait_for_spans
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BROKER_URLS = {
+    "filesystem": "filesystem://",
+    "redis": "redis://127.0.0.1:6379/0",
+    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
+}
+SPANS_DEADLINE = 30.0
+
+
+def broker_env(broker, folder):
+    """Environment for a broker; skips (fails in CI) when its server does not answer."""
+    url = BROKER_URLS[broker]
+    if broker == "filesystem":
+        return {"CELERY_BROKER_URL": url, "CELERY_BROKER_FOLDER": str(folder)}
+    address = urlparse(url)
+    try:
+        socket.create_connection((address.hostname, address.port), timeout=2).close()
+    except OSError:
+        message = f"{broker} does not answer at {address.hostname}:{address.port}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}: CI must test every broker")
+        pytest.skip(message)
+    return {"CELERY_BROKER_URL": url}
+
+
+@pytest.fixture(scope="session")
+def sink(tmp_path_factory):
+    with TraceSink(str(tmp_path_factory.mktemp("sink") / "spans.db")) as running:
+        yield running
+
+
+class Deployment:
+    """One variant's worker (and web app), on a queue and a trace tag of their own."""
+
+    def __init__(self, sink, workdir, variant, broker, pool="prefork", worker_args=(), env=()):
+        self.sink = sink
+        self.run_id = uuid.uuid4().hex
+        self.queue = f"orders-{self.run_id}"
+        self.broker_env = broker_env(broker, workdir / "broker")
+        self.env = {
+            **self.broker_env,
+            "PROPAGATION": variant,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
+            "OTEL_RESOURCE_ATTRIBUTES": f"test.run={self.run_id}",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "ORDERS_DB": str(workdir / "orders.db"),
+            "ORDERS_QUEUE": self.queue,
+            **dict(env),
+        }
+        self.workdir = workdir
+        self.pool = pool
+        self.worker_args = worker_args
+        self.worker = self.web = self.base_url = None
+
+    def start(self, web=True):
+        self.worker = start_worker(
+            self.env, self.workdir / "worker.log", pool=self.pool, extra_args=self.worker_args
+        )
+        if web:
+            self.web, self.base_url = start_web(self.env, self.workdir / "web.log")
+        return self
+
+    def terminate(self):
+        for process in (self.web, self.worker):
+            if process is not None and process.poll() is None:
+                process.terminate()
+
+    def stop(self):
+        for process in (self.web, self.worker):
+            if process is not None:
+                stop(process)
+
+    def worker_log(self):
+        return (self.workdir / "worker.log").read_text(errors="replace")
+
+    def post(self, path, payload):
+        request = urllib.request.Request(
+            self.base_url + path, data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as error:
+            return error.code, json.load(error)
+
+    def send_task(self, name, args, headers=None):
+        """Publish straight to the worker's queue, from a process with no tracing at all."""
+        producer = Celery("test-producer", set_as_current=False)
+        producer.conf.update(broker_settings(self.broker_env))
+        with producer:
+            return producer.send_task(name, args, headers=headers, queue=self.queue)
+
+    def spans(self, since=0):
+        spans = load_spans(self.sink.db_path, **{"test.run": self.run_id})
+        return [span for span in spans if span["start_ns"] >= since]
+
+    def wait_for_spans(self, ready, since=0, deadline=SPANS_DEADLINE):
+        """Wait for this deployment's spans that started at or after SINCE (time.time_ns())."""
+        return wait_for_spans(
+            self.sink.db_path, lambda spans: ready([s for s in spans if s["start_ns"] >= since]),
+            deadline, check=lambda: check_alive(self.worker), **{"test.run": self.run_id},
+        )
+
+
+@pytest.fixture(scope="session")
+def deploy(sink, tmp_path_factory):
+    """deploy(variant, broker, ...) returns a running Deployment, shared by every test that
+    asks for the same one: starting and stopping workers is most of the suite's time.
+    Tests tell their own spans apart by start time (see Deployment.wait_for_spans)."""
+    running = {}
+
+    def get(variant, broker="filesystem", web=True, pool="prefork", worker_args=(), env=None):
+        env = tuple(sorted((env or {}).items()))
+        key = (variant, broker, web, pool, tuple(worker_args), env)
+        if key not in running:
+            workdir = tmp_path_factory.mktemp("deployment")
+            deployment = Deployment(
+                sink, workdir, variant, broker, pool, tuple(worker_args), env
+            )
+            running[key] = deployment.start(web=web)
+        return running[key]
+
+    yield get
+    # All at once: each worker takes seconds to shut down.
+    for deployment in running.values():
+        deployment.terminate()
+    for deployment in running.values():
+        deployment.stop()

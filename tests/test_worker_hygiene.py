@@ -1,0 +1,46 @@
+"""A worker must not leak one task's context into the next, nor lose spans at exit."""
+
+import time
+
+from traces import RUN
+
+FAILING_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{FAILING_TRACE_ID}-00f067aa0ba902b7-01"
+MISSING_ORDER = 10**9
+
+
+def consumer_spans(spans):
+    return [span for span in spans if span["name"] == RUN]
+
+
+def test_a_failed_task_leaks_no_context_into_the_next(deploy):
+    deployment = deploy("fixed", web=False)
+    since = time.time_ns()
+    # The first task fails (its order does not exist); the second comes with no context.
+    deployment.send_task(
+        "tasks.process_order", [MISSING_ORDER], headers={"traceparent": TRACEPARENT}
+    )
+    deployment.send_task("tasks.process_order", [MISSING_ORDER + 1])
+    spans = deployment.wait_for_spans(lambda spans: len(consumer_spans(spans)) == 2, since)
+    failed, fresh = consumer_spans(spans)  # oldest first
+    assert failed["trace_id"] == FAILING_TRACE_ID
+    assert failed["status"] == "ERROR"
+    assert fresh["parent_id"] is None
+    assert fresh["trace_id"] != FAILING_TRACE_ID
+    assert "Failed to detach context" not in deployment.worker_log()
+
+
+def test_recycled_prefork_children_flush_every_span(deploy):
+    count = 5
+    deployment = deploy(
+        "fixed", web=False, worker_args=["--max-tasks-per-child", "1"],
+        # Nothing leaves on the exporter's own schedule: only a flush can send the spans.
+        env={"OTEL_BSP_SCHEDULE_DELAY": "600000"},
+    )
+    since = time.time_ns()
+    for number in range(count):
+        deployment.send_task("tasks.process_order", [MISSING_ORDER + number])
+    # Each child runs one task and exits with os._exit(): only the flush on
+    # worker_process_shutdown gets its spans out.
+    spans = deployment.wait_for_spans(lambda spans: len(consumer_spans(spans)) >= count, since)
+    assert len(consumer_spans(spans)) == count

@@ -1,0 +1,35 @@
+"""The expected shape of each trace, declared once as parent → child edges by span name,
+and the checks that hold real spans to it."""
+
+REQUEST = "POST /orders"
+PUBLISH = "celery.apply tasks.process_order"
+RUN = "celery.run tasks.process_order"
+
+# The task's own spans hang under the consumer span in every variant.
+TASK_EDGES = [(RUN, "charge_payment"), (RUN, "send_confirmation")]
+# One trace from the request down to the task's spans.
+CONNECTED_EDGES = [(REQUEST, PUBLISH), (PUBLISH, RUN), *TASK_EDGES]
+
+
+def one(spans, name):
+    matches = [span for span in spans if span["name"] == name]
+    assert len(matches) == 1, f"expected one {name!r} span, found {len(matches)}"
+    return matches[0]
+
+
+def assert_edges(spans, edges):
+    for parent_name, child_name in edges:
+        parent, child = one(spans, parent_name), one(spans, child_name)
+        assert child["trace_id"] == parent["trace_id"], f"{child_name} left {parent_name}'s trace"
+        assert child["parent_id"] == parent["span_id"], f"{child_name} is not under {parent_name}"
+
+
+def assert_orphaned(spans, name, request_name=REQUEST):
+    """NAME starts a trace of its own, cut off from the request's."""
+    span, request = one(spans, name), one(spans, request_name)
+    assert span["parent_id"] is None, f"{name} has a parent"
+    assert span["trace_id"] != request["trace_id"], f"{name} is in the request's trace"
+
+
+def names(spans):
+    return {span["name"] for span in spans}
