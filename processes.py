@@ -44,9 +44,12 @@ def start(args, env, log_path):
     return process
 
 
+def worker_args(pool="prefork", concurrency=1, extra_args=()):
+    return [*WORKER_ARGS, "--pool", pool, "--concurrency", str(concurrency), *extra_args]
+
+
 def start_worker(env, log_path, pool="prefork", concurrency=1, extra_args=()):
-    args = [*WORKER_ARGS, "--pool", pool, "--concurrency", str(concurrency), *extra_args]
-    return start(args, env, log_path)
+    return start(worker_args(pool, concurrency, extra_args), env, log_path)
 
 
 def start_web(env, log_path, deadline=20.0):

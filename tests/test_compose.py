@@ -1,0 +1,45 @@
+"""docker-compose.yml, checked as data: no Docker engine runs here, so the file must run
+exactly the processes the tests run."""
+
+import re
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from processes import WEB_ARGS, worker_args
+
+
+@pytest.fixture(scope="module")
+def services():
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+
+
+def test_web_and_worker_run_the_commands_the_tests_run(services):
+    assert services["web"]["command"] == ["python", *WEB_ARGS]
+    assert services["worker"]["command"] == ["python", *worker_args()]
+
+
+def test_web_and_worker_agree_on_variant_broker_and_collector(services):
+    web, worker = services["web"]["environment"], services["worker"]["environment"]
+    for name in ("PROPAGATION", "CELERY_BROKER_URL", "OTEL_EXPORTER_OTLP_ENDPOINT", "ORDERS_DB"):
+        assert web[name] == worker[name], name
+    assert worker["CELERY_BROKER_URL"].startswith("redis://redis:")
+    assert worker["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+
+
+def test_nothing_is_published_beyond_localhost(services):
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_no_secrets_in_the_repository_files():
+    pattern = re.compile(r"(password|secret|api[_-]?key)\w*\s*[:=]\s*\S", re.IGNORECASE)
+    for path in [ROOT / "docker-compose.yml", ROOT / "Dockerfile", *ROOT.glob("*.py")]:
+        assert not pattern.search(path.read_text()), f"{path.name} seems to hold a secret"
+
+
+def test_the_image_installs_the_pinned_requirements():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pip install --no-cache-dir -r requirements.txt" in dockerfile
