@@ -13,6 +13,7 @@ from opentelemetry import context, trace
 from opentelemetry.propagate import extract, inject
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 # broken:      nothing is propagated; the worker's span starts a trace of its own.
 # inject-only: the producer injects at the call site, the worker reads nothing: still broken.
@@ -27,6 +28,8 @@ CALL_SITE_VARIANTS = ("inject-only", "call-site")
 NEW_TRACE_HEADER = "otel_new_trace"
 # Set at publish time so the worker can tell how long the message waited in the queue.
 PUBLISHED_AT_HEADER = "otel_published_at"
+# Set on a retry's message: the attempt that failed, for the next attempt to link to.
+PREVIOUS_ATTEMPT_HEADER = "otel_previous_attempt"
 # A legitimate traceparent is 55 characters and tracestate at most 32 entries. Anything
 # far larger is garbage or hostile: the SDK would log it whole in a warning.
 MAX_HEADER_LENGTH = 8192
@@ -75,6 +78,11 @@ def _start_publish_span(sender, headers, routing_key=None, **_):
     # published while the parent task's context is attached, so the trace carries on.
     inject(headers, context=trace.set_span_in_context(span))
     headers[PUBLISHED_AT_HEADER] = time.time()
+    if headers.get("retries"):
+        # self.retry() publishes from inside the attempt that failed, so the current span
+        # is that attempt's: hand it on, in traceparent form, for a link.
+        failed = trace.get_current_span().get_span_context()
+        headers[PREVIOUS_ATTEMPT_HEADER] = f"00-{failed.trace_id:032x}-{failed.span_id:016x}-01"
     _publish_span.set(span)
 
 
@@ -85,15 +93,20 @@ def _end_publish_span(**_):
         _publish_span.set(None)
 
 
+def _header(request, key):
+    # Headers given to apply_async become attributes of the request. Celery 5.3 and later
+    # also keep them in request.headers, which is the only place eager mode puts them.
+    value = getattr(request, key, None)
+    if value is None:
+        value = (getattr(request, "headers", None) or {}).get(key)
+    return value
+
+
 class _RequestGetter(Getter):
     """Reads propagation fields from a task request, as the worker received them."""
 
     def get(self, request, key):
-        # Headers given to apply_async become attributes of the request. Celery 5.3 and later
-        # also keep them in request.headers, which is the only place eager mode puts them.
-        value = getattr(request, key, None)
-        if value is None:
-            value = (getattr(request, "headers", None) or {}).get(key)
+        value = _header(request, key)
         # Only well-formed values reach the propagator; the rest count as absent.
         if isinstance(value, str) and len(value) <= MAX_HEADER_LENGTH:
             return [value]
@@ -104,17 +117,32 @@ class _RequestGetter(Getter):
 
 
 _getter = _RequestGetter()
+_traceparent = TraceContextTextMapPropagator()
+
+
+def _link_to(span_context):
+    # A link to garbage would point nowhere: keep only well-formed span contexts.
+    return [Link(span_context)] if span_context.is_valid else []
+
+
+def _previous_attempt(request):
+    value = _header(request, PREVIOUS_ATTEMPT_HEADER)
+    if not isinstance(value, str):
+        return []
+    parsed = _traceparent.extract({"traceparent": value})
+    return _link_to(trace.get_current_span(parsed).get_span_context())
 
 
 def _continue_trace(task, **_):
     # task_prerun has no headers argument: a receiver declared with headers=None always sees
     # None. The context travels on the task request instead.
-    remote = extract(task.request, getter=_getter)
-    if getattr(task.request, NEW_TRACE_HEADER, None):
-        producer = trace.get_current_span(remote).get_span_context()
-        _start_consumer_span(task, context.Context(), links=[Link(producer)])
-    else:
-        _start_consumer_span(task, remote)
+    parent = extract(task.request, getter=_getter)
+    links = _previous_attempt(task.request)
+    if _header(task.request, NEW_TRACE_HEADER):
+        # The caller asked for a new trace: start a root that links back to the producer.
+        links += _link_to(trace.get_current_span(parent).get_span_context())
+        parent = context.Context()
+    _start_consumer_span(task, parent, links)
 
 
 def _start_new_trace(task, **_):
@@ -131,9 +159,9 @@ def _start_consumer_span(task, parent, links=()):
         "messaging.destination.name": (request.delivery_info or {}).get("routing_key") or "",
         "messaging.message.id": request.id,
         "celery.task.name": task.name,
-        "celery.retries": request.retries or 0,
+        "celery.attempt": (request.retries or 0) + 1,
     }
-    published_at = getattr(request, PUBLISHED_AT_HEADER, None)
+    published_at = _header(request, PUBLISHED_AT_HEADER)
     if isinstance(published_at, (int, float)):
         attributes["celery.queue_time_ms"] = max(0.0, (time.time() - published_at) * 1000)
     span = _tracer.start_span(

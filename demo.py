@@ -24,7 +24,7 @@ from trace_view import describe, render, verdict
 STORIES = {
     "broken": "process_order.delay(): nothing carries the trace context",
     "inject-only": "the web app injects the context, the worker never extracts it",
-    "call-site": "injected at the call site, extracted in task_prerun",
+    "call-site": "injected where the web app enqueues, extracted in task_prerun",
     "fixed": "injected in before_task_publish, extracted in task_prerun",
 }
 SPANS_DEADLINE = 30.0
@@ -50,12 +50,20 @@ def run_variant(variant, workdir, sink, cancelled):
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "ORDERS_DB": str(workdir / "orders.db"),
         "CELERY_BROKER_FOLDER": str(workdir / "broker"),
-        "ORDERS_QUEUE": f"orders-{variant}",
+        "QUEUE_PREFIX": f"{variant}-",
     }
-    worker = start_worker(env, workdir / f"worker-{variant}.log")
+    workers = [
+        start_worker(env, workdir / f"orders-worker-{variant}.log"),
+        start_worker(
+            {**env, "OTEL_SERVICE_NAME": "email-worker"},
+            workdir / f"email-worker-{variant}.log",
+            extra_args=["--queues", f"{variant}-emails"],
+        ),
+    ]
 
     def still_wanted():
-        check_alive(worker)
+        for worker in workers:
+            check_alive(worker)
         if cancelled.is_set():
             raise KeyboardInterrupt
 
@@ -65,7 +73,7 @@ def run_variant(variant, workdir, sink, cancelled):
             post_order(base_url)
             wait_for_spans(
                 sink.db_path,
-                lambda spans: any(s["name"] == "send_confirmation" for s in spans),
+                lambda spans: any(s["name"] == "render_email" for s in spans),
                 SPANS_DEADLINE,
                 check=still_wanted,
                 **{"demo.variant": variant},
@@ -73,7 +81,10 @@ def run_variant(variant, workdir, sink, cancelled):
         finally:
             stop(web)
     finally:
-        stop(worker)
+        for worker in workers:
+            worker.terminate()  # both shut down at once: each takes seconds
+        for worker in workers:
+            stop(worker)
     # Both processes flushed on their way out: now every span is in.
     return load_spans(sink.db_path, **{"demo.variant": variant})
 

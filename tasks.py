@@ -16,6 +16,10 @@ from tracing import flush_tracing, setup_tracing
 WORKER_SERVICE_NAME = "orders-worker"
 # Web and worker must agree: both import this module.
 PROPAGATION = os.environ.get("PROPAGATION", "fixed")
+# A prefix lets several deployments share one broker: the demo runs every variant at once.
+QUEUE_PREFIX = os.environ.get("QUEUE_PREFIX", "")
+ORDERS_QUEUE = QUEUE_PREFIX + "orders"
+EMAILS_QUEUE = QUEUE_PREFIX + "emails"
 
 
 def broker_settings(env=os.environ):
@@ -46,9 +50,8 @@ celery_app.conf.update(
     # A broker that is down must fail the request quickly, not hang it.
     broker_connection_timeout=2,
     task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
-    # One queue per deployment, so that several can share a broker (the demo runs every
-    # variant at once).
-    task_default_queue=os.environ.get("ORDERS_QUEUE", "orders"),
+    task_default_queue=ORDERS_QUEUE,
+    task_routes={"tasks.send_confirmation_email": {"queue": EMAILS_QUEUE}},
     # Acknowledge after the task ran: a worker lost mid-task leaves the message to redeliver.
     task_acks_late=True,
     worker_prefetch_multiplier=1,
@@ -67,6 +70,15 @@ def process_order(order_id):
             orders_db.set_status(db, order_id, "charged")
         with tracer.start_as_current_span("send_confirmation"):
             orders_db.set_status(db, order_id, "confirmed")
+            # Another queue, another worker service: the trace must carry on there too.
+            send_confirmation_email.delay(order_id)
+
+
+@celery_app.task(name="tasks.send_confirmation_email")
+def send_confirmation_email(order_id):
+    with closing(orders_db.connect()) as db:
+        with tracer.start_as_current_span("render_email"):
+            orders_db.set_status(db, order_id, "emailed")
 
 
 @signals.worker_init.connect(weak=False)

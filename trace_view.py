@@ -27,7 +27,7 @@ def render(spans):
             label += "  (parent not exported)"
         duration_ms = (span["end_ns"] - span["start_ns"]) / 1e6
         error = "  ERROR" if span["status"] == "ERROR" else ""
-        lines.append(f"{label:<44} {span['service'] or '?':<16} {duration_ms:8.1f} ms{error}")
+        lines.append(f"{label:<52} {span['service'] or '?':<14} {duration_ms:8.1f} ms{error}")
         for child in children[span["span_id"]]:
             walk(child, depth + 1)
 

@@ -49,12 +49,13 @@ def sink(tmp_path_factory):
 
 
 class Deployment:
-    """One variant's worker (and web app), on a queue and a trace tag of their own."""
+    """One variant's workers (and web app), on queues and a trace tag of their own."""
 
     def __init__(self, sink, workdir, variant, broker, pool="prefork", worker_args=(), env=()):
         self.sink = sink
         self.run_id = uuid.uuid4().hex
-        self.queue = f"orders-{self.run_id}"
+        self.queue_prefix = f"{self.run_id}-"
+        self.queue = self.queue_prefix + "orders"
         self.broker_env = broker_env(broker, workdir / "broker")
         self.env = {
             **self.broker_env,
@@ -63,31 +64,44 @@ class Deployment:
             "OTEL_RESOURCE_ATTRIBUTES": f"test.run={self.run_id}",
             "OTEL_BSP_SCHEDULE_DELAY": "100",
             "ORDERS_DB": str(workdir / "orders.db"),
-            "ORDERS_QUEUE": self.queue,
+            "QUEUE_PREFIX": self.queue_prefix,
             **dict(env),
         }
         self.workdir = workdir
         self.pool = pool
         self.worker_args = worker_args
-        self.worker = self.web = self.base_url = None
+        self.workers = []
+        self.web = self.base_url = None
 
     def start(self, web=True):
-        self.worker = start_worker(
+        """The orders worker; with WEB, also the web app and the email worker behind it."""
+        self.workers.append(start_worker(
             self.env, self.workdir / "worker.log", pool=self.pool, extra_args=self.worker_args
-        )
+        ))
         if web:
+            self.workers.append(start_worker(
+                {**self.env, "OTEL_SERVICE_NAME": "email-worker"},
+                self.workdir / "email-worker.log",
+                extra_args=["--queues", self.queue_prefix + "emails"],
+            ))
             self.web, self.base_url = start_web(self.env, self.workdir / "web.log")
         return self
 
+    def processes(self):
+        return [process for process in (self.web, *self.workers) if process is not None]
+
     def terminate(self):
-        for process in (self.web, self.worker):
-            if process is not None and process.poll() is None:
+        for process in self.processes():
+            if process.poll() is None:
                 process.terminate()
 
     def stop(self):
-        for process in (self.web, self.worker):
-            if process is not None:
-                stop(process)
+        for process in self.processes():
+            stop(process)
+
+    def check_alive(self):
+        for process in self.processes():
+            check_alive(process)
 
     def worker_log(self):
         return (self.workdir / "worker.log").read_text(errors="replace")
@@ -118,7 +132,7 @@ class Deployment:
         """Wait for this deployment's spans that started at or after SINCE (time.time_ns())."""
         return wait_for_spans(
             self.sink.db_path, lambda spans: ready([s for s in spans if s["start_ns"] >= since]),
-            deadline, check=lambda: check_alive(self.worker), **{"test.run": self.run_id},
+            deadline, check=self.check_alive, **{"test.run": self.run_id},
         )
 
 

@@ -18,14 +18,19 @@ def services():
 def test_web_and_worker_run_the_commands_the_tests_run(services):
     assert services["web"]["command"] == ["python", *WEB_ARGS]
     assert services["worker"]["command"] == ["python", *worker_args()]
+    assert services["email-worker"]["command"] == [
+        "python", *worker_args(extra_args=["--queues", "emails"])
+    ]
 
 
 def test_web_and_worker_agree_on_variant_broker_and_collector(services):
-    web, worker = services["web"]["environment"], services["worker"]["environment"]
-    for name in ("PROPAGATION", "CELERY_BROKER_URL", "OTEL_EXPORTER_OTLP_ENDPOINT", "ORDERS_DB"):
-        assert web[name] == worker[name], name
-    assert worker["CELERY_BROKER_URL"].startswith("redis://redis:")
-    assert worker["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+    web = services["web"]["environment"]
+    for worker in (services["worker"]["environment"], services["email-worker"]["environment"]):
+        for name in ("PROPAGATION", "CELERY_BROKER_URL", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+            assert web[name] == worker[name], name
+    assert web["CELERY_BROKER_URL"].startswith("redis://redis:")
+    assert web["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+    assert services["email-worker"]["environment"]["OTEL_SERVICE_NAME"] == "email-worker"
 
 
 def test_nothing_is_published_beyond_localhost(services):

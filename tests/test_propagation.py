@@ -5,7 +5,8 @@ import time
 import pytest
 
 from traces import (
-    CONNECTED_EDGES, PUBLISH, REQUEST, RUN, TASK_EDGES, assert_edges, assert_orphaned, names,
+    CONNECTED_EDGES, EMAIL_PUBLISH, EMAIL_RUN, PUBLISH, REQUEST, RUN, TASK_EDGES,
+    assert_edges, assert_orphaned, names,
 )
 
 BROKERS = ["filesystem", "redis"]
@@ -16,17 +17,18 @@ def order_spans(deployment):
     status, body = deployment.post("/orders", {"item": "book", "quantity": 1})
     assert status == 202, body
     return deployment.wait_for_spans(
-        lambda spans: {REQUEST, RUN, "charge_payment", "send_confirmation"} <= names(spans),
+        lambda spans: {REQUEST, RUN, "send_confirmation", "render_email"} <= names(spans),
         since,
     )
 
 
 @pytest.mark.parametrize("broker", BROKERS)
-def test_broken_leaves_the_worker_span_orphaned(deploy, broker):
+def test_broken_leaves_both_workers_spans_orphaned(deploy, broker):
     spans = order_spans(deploy("broken", broker))
     assert_orphaned(spans, RUN)
+    assert_orphaned(spans, EMAIL_RUN)
     assert_edges(spans, TASK_EDGES)
-    assert PUBLISH not in names(spans)
+    assert not {PUBLISH, EMAIL_PUBLISH} & names(spans)
 
 
 @pytest.mark.parametrize("broker", BROKERS)
@@ -36,9 +38,19 @@ def test_inject_only_is_still_orphaned_because_the_worker_must_extract(deploy, b
     assert_orphaned(spans, RUN)
 
 
-@pytest.mark.parametrize("variant", ["call-site", "fixed"])
 @pytest.mark.parametrize("broker", BROKERS)
-def test_fixed_variants_give_one_trace_from_request_to_task(deploy, broker, variant):
-    spans = order_spans(deploy(variant, broker))
+def test_call_site_connects_the_web_call_but_not_the_delay_inside_the_task(deploy, broker):
+    spans = order_spans(deploy("call-site", broker))
+    assert_edges(spans, [(REQUEST, PUBLISH), (PUBLISH, RUN), *TASK_EDGES])
+    assert_orphaned(spans, EMAIL_RUN)
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_fixed_gives_one_trace_from_request_to_the_email_worker(deploy, broker):
+    spans = order_spans(deploy("fixed", broker))
     assert_edges(spans, CONNECTED_EDGES)
     assert len({span["trace_id"] for span in spans}) == 1
+    services = {span["name"]: span["service"] for span in spans}
+    assert (services[REQUEST], services[RUN], services[EMAIL_RUN]) == (
+        "orders-web", "orders-worker", "email-worker",
+    )

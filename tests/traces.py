@@ -4,11 +4,19 @@ and the checks that hold real spans to it."""
 REQUEST = "POST /orders"
 PUBLISH = "celery.apply tasks.process_order"
 RUN = "celery.run tasks.process_order"
+EMAIL_PUBLISH = "celery.apply tasks.send_confirmation_email"
+EMAIL_RUN = "celery.run tasks.send_confirmation_email"
 
-# The task's own spans hang under the consumer span in every variant.
-TASK_EDGES = [(RUN, "charge_payment"), (RUN, "send_confirmation")]
-# One trace from the request down to the task's spans.
-CONNECTED_EDGES = [(REQUEST, PUBLISH), (PUBLISH, RUN), *TASK_EDGES]
+# The tasks' own spans hang under their consumer span in every variant.
+TASK_EDGES = [(RUN, "charge_payment"), (RUN, "send_confirmation"), (EMAIL_RUN, "render_email")]
+# One trace from the request, through the orders worker, to the email worker.
+CONNECTED_EDGES = [
+    (REQUEST, PUBLISH),
+    (PUBLISH, RUN),
+    ("send_confirmation", EMAIL_PUBLISH),
+    (EMAIL_PUBLISH, EMAIL_RUN),
+    *TASK_EDGES,
+]
 
 
 def one(spans, name):
