@@ -5,8 +5,6 @@ import tempfile
 from contextlib import closing
 
 from celery import Celery, signals
-from celery.concurrency import get_implementation
-from celery.concurrency.prefork import TaskPool as PreforkPool
 from opentelemetry import trace
 
 import orders_db
@@ -82,16 +80,9 @@ def send_confirmation_email(order_id):
 
 
 @signals.worker_init.connect(weak=False)
-def _trace_worker(sender, **_):
-    # A prefork worker runs its tasks in child processes, which set up their own tracing
-    # below. Its main process keeps none: a child forked from it would inherit the
-    # exporter's open HTTP connections.
-    if not issubclass(get_implementation(sender.pool_cls), PreforkPool):
-        setup_tracing(WORKER_SERVICE_NAME)
-
-
-@signals.worker_process_init.connect(weak=False)
-def _trace_pool_child(**_):
+def _trace_worker(**_):
+    # Before the pool starts: prefork children inherit the provider (see tracing.py), and
+    # the main process can still record tasks it revokes before they reach a child.
     setup_tracing(WORKER_SERVICE_NAME)
 
 

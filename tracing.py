@@ -1,7 +1,8 @@
-"""OpenTelemetry set-up for one process: the web app, a worker, or a worker's pool child."""
+"""OpenTelemetry set-up for one process: the web app or a worker."""
 
 import os
 
+import requests
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -25,8 +26,13 @@ def setup_tracing(default_service_name):
     # Attributes passed to Resource.create win over the environment, so give
     # OTEL_SERVICE_NAME its precedence here.
     service_name = os.environ.get("OTEL_SERVICE_NAME") or default_service_name
+    # A prefork worker's children inherit this provider. The SDK restarts its export thread
+    # in each child; the open HTTP connections are ours to drop, or parent and child would
+    # write their exports into one shared socket.
+    session = requests.Session()
+    os.register_at_fork(after_in_child=session.close)
     _provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
-    _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(session=session)))
     trace.set_tracer_provider(_provider)
     return _provider
 
