@@ -52,6 +52,16 @@ def start_worker(env, log_path, pool="prefork", concurrency=1, extra_args=()):
     return start(worker_args(pool, concurrency, extra_args), env, log_path)
 
 
+def wait_until_ready(worker, deadline=30.0):
+    """Wait for the worker to consume: broadcasts (revoke) sent before then are lost."""
+    give_up = time.monotonic() + deadline
+    while " ready." not in Path(worker.log_path).read_text(errors="replace"):
+        check_alive(worker)
+        if time.monotonic() > give_up:
+            raise ProcessFailed(f"worker not ready after {deadline}s\n{log_tail(worker)}")
+        time.sleep(0.05)
+
+
 def start_web(env, log_path, deadline=20.0):
     """Start the web app on a free port; return (process, base URL) once it accepts."""
     port = free_port()

@@ -1,0 +1,160 @@
+"""The propagation matrix: every publish path × broker × pool, on real workers.
+
+All cells run at once (a cell mostly waits on its broker), then each test reads its cell.
+The README's table is generated from these results: UPDATE_README=1 rewrites it.
+"""
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import ROOT, Deployment, broker_problem, require
+from processes import wait_until_ready
+from scenarios import CALL_SITE, SCENARIOS, expected_names, outcome, render_table
+
+BROKERS = ["filesystem", "redis", "rabbitmq"]
+POOLS = ["prefork", "solo", "threads", "gevent", "eventlet"]
+# call-site loses the same paths whatever the pool: one pool shows it on every broker.
+CELLS = [("fixed", broker, pool) for broker in BROKERS for pool in POOLS] + [
+    ("call-site", broker, "prefork") for broker in BROKERS
+]
+# Threads and green threads run several tasks at once in one process: the test that
+# context stays with its own task.
+CONCURRENCY = {"prefork": 2, "solo": 1, "threads": 4, "gevent": 4, "eventlet": 4}
+CELL_DEADLINE = 60.0
+EXTRA_SCENARIOS = ["new_trace"]
+
+
+def run_cell(sink, workdir, variant, broker, pool):
+    """Start a worker, publish every scenario, return the spans once all have arrived."""
+    results_folder = workdir / "results"
+    results_folder.mkdir(parents=True)
+    deployment = Deployment(
+        sink, workdir, variant, broker, pool=pool, concurrency=CONCURRENCY[pool],
+        worker_args=["--include", "tests.matrix_tasks"],
+        env={"MATRIX_RESULTS_FOLDER": str(results_folder)},
+    ).start(web=False)
+    try:
+        # The revoke scenario is a broadcast, which only workers already listening get.
+        wait_until_ready(deployment.workers[0])
+        subprocess.run(
+            [sys.executable, "-m", "tests.publish_scenarios", *SCENARIOS, *EXTRA_SCENARIOS],
+            cwd=ROOT, env={**os.environ, **deployment.env}, check=True, timeout=60,
+            capture_output=True,
+        )
+        wanted = set().union(*map(expected_names, SCENARIOS), {"work new-trace"})
+        return deployment.wait_for_spans(
+            lambda spans: wanted <= {span["name"] for span in spans}, deadline=CELL_DEADLINE
+        )
+    finally:
+        deployment.stop()
+
+
+@pytest.fixture(scope="session")
+def matrix(sink, tmp_path_factory):
+    """{cell: spans, or the exception that stopped the cell}; skipped brokers are absent."""
+    cells = [cell for cell in CELLS if not broker_problem(cell[1])]
+
+    def run(cell):
+        try:
+            return run_cell(sink, tmp_path_factory.mktemp("cell"), *cell)
+        except Exception as error:  # reported by the cell's own test
+            return error
+
+    # Six at a time: startups are CPU-bound, and this machine has two cores.
+    with ThreadPoolExecutor(6) as pool:
+        return dict(zip(cells, pool.map(run, cells)))
+
+
+def cell_spans(matrix, cell):
+    require(cell[1])
+    spans = matrix[cell]
+    if isinstance(spans, Exception):
+        raise spans
+    return spans
+
+
+def outcomes(spans):
+    return {scenario: outcome(spans, scenario) for scenario in SCENARIOS}
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+@pytest.mark.parametrize("pool", POOLS)
+def test_fixed_connects_every_publish_path(matrix, broker, pool):
+    results = outcomes(cell_spans(matrix, ("fixed", broker, pool)))
+    assert results == {scenario: "connected" for scenario in SCENARIOS}
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_call_site_loses_what_celery_republishes(matrix, broker):
+    results = outcomes(cell_spans(matrix, ("call-site", broker, "prefork")))
+    assert results == {scenario: CALL_SITE.get(scenario, "connected") for scenario in SCENARIOS}
+
+
+def spans_named(spans, name):
+    return sorted((s for s in spans if s["name"] == name), key=lambda s: s["start_ns"])
+
+
+def test_each_retry_is_its_own_consumer_span_linked_to_the_attempt_before(matrix):
+    spans = cell_spans(matrix, ("fixed", "redis", "prefork"))
+    first, second = spans_named(spans, "celery.run matrix.flaky")
+    assert (first["attributes"]["celery.attempt"], second["attributes"]["celery.attempt"]) == (1, 2)
+    assert first["attributes"]["celery.state"] == "RETRY"
+    assert second["attributes"]["celery.state"] == "SUCCESS"
+    assert second["trace_id"] == first["trace_id"]
+    assert second["links"] == [{"trace_id": first["trace_id"], "span_id": first["span_id"]}]
+
+
+def test_spans_carry_the_messaging_conventions_and_the_time_in_queue(matrix):
+    spans = cell_spans(matrix, ("fixed", "redis", "prefork"))
+    (publish,) = [s for s in spans_named(spans, "celery.apply matrix.work")
+                  if s["parent_id"] == spans_named(spans, "scenario countdown")[0]["span_id"]]
+    (run,) = [s for s in spans_named(spans, "celery.run matrix.work")
+              if s["parent_id"] == publish["span_id"]]
+    assert publish["kind"] == "PRODUCER" and run["kind"] == "CONSUMER"
+    for span, operation in ((publish, "send"), (run, "process")):
+        attributes = span["attributes"]
+        assert attributes["messaging.system"] == "celery"
+        assert attributes["messaging.operation.type"] == operation
+        assert attributes["messaging.destination.name"].endswith("-orders")
+        assert attributes["celery.task.name"] == "matrix.work"
+    assert run["attributes"]["messaging.message.id"] == publish["attributes"]["messaging.message.id"]
+    # countdown=1: the message waited at least that long before the task started.
+    assert run["attributes"]["celery.queue_time_ms"] >= 900
+
+
+def test_a_task_revoked_before_it_starts_leaves_a_span_with_the_reason(matrix):
+    spans = cell_spans(matrix, ("fixed", "redis", "prefork"))
+    (revoked,) = spans_named(spans, "celery.revoked matrix.never_runs")
+    assert revoked["attributes"]["celery.revoked.reason"] == "revoked"
+    assert not spans_named(spans, "celery.run matrix.never_runs")
+
+
+def test_the_new_trace_header_starts_a_linked_trace_instead(matrix):
+    # Published with the opt-out header NEW_TRACE_HEADER, for fan-outs too big for one trace.
+    spans = cell_spans(matrix, ("fixed", "redis", "prefork"))
+    (scenario,) = spans_named(spans, "scenario new_trace")
+    (publish,) = [s for s in spans_named(spans, "celery.apply matrix.work")
+                  if s["parent_id"] == scenario["span_id"]]
+    (run,) = [s for s in spans_named(spans, "celery.run matrix.work")
+              if s["links"] and s["links"][0]["span_id"] == publish["span_id"]]
+    assert run["parent_id"] is None
+    assert run["trace_id"] != scenario["trace_id"]
+
+
+def test_the_readme_table_is_the_one_this_run_produced(matrix):
+    if len(matrix) < len(CELLS):
+        pytest.skip("some brokers did not answer: the table needs every cell")
+    table = render_table({cell: outcomes(cell_spans(matrix, cell)) for cell in CELLS})
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start = text.index("<!-- matrix:start -->\n") + len("<!-- matrix:start -->\n")
+    end = text.index("<!-- matrix:end -->")
+    current = text[start:end]
+    if current != table and os.environ.get("UPDATE_README"):
+        readme.write_text(text[:start] + table + text[end:])
+        return
+    assert current == table, "README matrix is stale: run UPDATE_README=1 python -m pytest"
