@@ -14,6 +14,7 @@ from opentelemetry.trace import SpanKind
 from werkzeug.exceptions import HTTPException
 
 import orders_db
+from inbound_trace_policy import InboundTracePolicy, link_to_caller
 from celery_signals import CALL_SITE_VARIANTS
 from tasks import PROPAGATION, process_order
 from tracing import setup_tracing
@@ -28,10 +29,18 @@ def create_app(test_config=None):
     app = Flask(__name__)
     app.config.from_mapping(
         ORDERS_DB=orders_db.database_path(),
+        # "continue" the caller's trace, or start a new one that "link"s to it: see
+        # inbound_trace_policy.py before you expose the app to the internet.
+        INBOUND_TRACE_POLICY=os.environ.get("INBOUND_TRACE_POLICY", "continue"),
+        BAGGAGE_ALLOWLIST=[k for k in os.environ.get("BAGGAGE_ALLOWLIST", "").split(",") if k],
     )
     if test_config:
         app.config.from_mapping(test_config)
-    FlaskInstrumentor().instrument_app(app)
+    FlaskInstrumentor().instrument_app(app, request_hook=link_to_caller)
+    # Wrapped after instrumenting, so it runs first and the server span sees its result.
+    app.wsgi_app = InboundTracePolicy(
+        app.wsgi_app, app.config["INBOUND_TRACE_POLICY"], app.config["BAGGAGE_ALLOWLIST"]
+    )
 
     @app.errorhandler(HTTPException)
     def json_error(error):
@@ -103,7 +112,11 @@ def main():
     # The same variables `flask run` reads.
     host = os.environ.get("FLASK_RUN_HOST", "127.0.0.1")
     port = int(os.environ.get("FLASK_RUN_PORT", "5000"))
-    create_app().run(host=host, port=port)
+    try:
+        app = create_app()
+    except ValueError as error:
+        raise SystemExit(f"configuration error: {error}") from None
+    app.run(host=host, port=port)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,11 @@ celery_app.conf.update(
     task_acks_late=True,
     worker_prefetch_multiplier=1,
 )
-install(PROPAGATION)
+try:
+    install(PROPAGATION)
+except ValueError as error:
+    # Say what is wrong and stop, rather than a stack trace from deep in the worker's start.
+    raise SystemExit(f"configuration error: {error}") from None
 
 tracer = trace.get_tracer(__name__)
 

@@ -1,11 +1,10 @@
 """Why the article's consumer handler stays orphaned: task_prerun has no `headers`.
 
-A real (threaded) worker on a real broker folder runs one task published with a
+A real worker (in a thread of this process) runs one task published with a
 traceparent header. Two task_prerun receivers look for it: the article's, through a
 `headers` keyword, and ours, on the task request.
 """
 
-import tempfile
 import threading
 
 from celery import Celery
@@ -31,19 +30,18 @@ def request_handler(sender, **kwargs):
 
 
 seen = threading.Event()
-with tempfile.TemporaryDirectory() as folder:
-    app = Celery("demo", broker="filesystem://")
-    app.conf.broker_transport_options = {
-        "data_folder_in": folder, "data_folder_out": folder, "control_folder": folder,
-    }
+# kombu's in-memory transport: a real message through a real worker, in one process.
+app = Celery("demo", broker="memory://")
 
-    @app.task
-    def hello():
-        pass
 
-    task_prerun.connect(article_handler)
-    task_prerun.connect(request_handler)
-    with start_worker(app, pool="solo", perform_ping_check=False):
-        hello.apply_async(headers={"traceparent": TRACEPARENT})
-        if not seen.wait(timeout=30):
-            raise SystemExit("the worker did not run the task within 30 s")
+@app.task
+def hello():
+    pass
+
+
+task_prerun.connect(article_handler)
+task_prerun.connect(request_handler)
+with start_worker(app, pool="solo", perform_ping_check=False):
+    hello.apply_async(headers={"traceparent": TRACEPARENT})
+    if not seen.wait(timeout=30):
+        raise SystemExit("the worker did not run the task within 30 s")
