@@ -1,5 +1,6 @@
 """OpenTelemetry set-up for one process: the web app or a worker."""
 
+import logging
 import os
 
 import requests
@@ -10,6 +11,25 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 _provider = None
+
+
+class _ReportOnce(logging.Filter):
+    """Let the first export failure through, marked as the only one; drop the rest.
+
+    The exporter logs every batch it fails to send, and every retry: a collector that is
+    down for an hour would flood the worker's log.
+    """
+
+    reported = False
+
+    def filter(self, record):
+        if self.reported:
+            return False
+        self.reported = True
+        record.msg += (
+            " (spans are dropped while the collector is unreachable; this is the only report)"
+        )
+        return True
 
 
 def setup_tracing(default_service_name):
@@ -31,6 +51,7 @@ def setup_tracing(default_service_name):
     # write their exports into one shared socket.
     session = requests.Session()
     os.register_at_fork(after_in_child=session.close)
+    logging.getLogger(OTLPSpanExporter.__module__).addFilter(_ReportOnce())
     _provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
     _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(session=session)))
     trace.set_tracer_provider(_provider)

@@ -54,6 +54,12 @@ def broker_env(broker, folder):
 
 
 @pytest.fixture(scope="session")
+def figures():
+    """What the reliability tests measured, for the README's table: {row: figure}."""
+    return {}
+
+
+@pytest.fixture(scope="session")
 def sink(tmp_path_factory):
     with TraceSink(str(tmp_path_factory.mktemp("sink") / "spans.db")) as running:
         yield running
@@ -86,7 +92,7 @@ class Deployment:
         self.concurrency = concurrency
         self.worker_args = worker_args
         self.workers = []
-        self.web = self.base_url = None
+        self.web = self.base_url = self.producer = None
 
     def start(self, web=True):
         """The orders worker; with WEB, also the web app and the email worker behind it."""
@@ -117,6 +123,8 @@ class Deployment:
     def stop(self):
         for process in self.processes():
             stop(process)
+        if self.producer is not None:
+            self.producer.close()
 
     def check_alive(self):
         for process in self.processes():
@@ -138,10 +146,10 @@ class Deployment:
 
     def send_task(self, name, args, headers=None):
         """Publish straight to the worker's queue, from a process with no tracing at all."""
-        producer = Celery("test-producer", set_as_current=False)
-        producer.conf.update(broker_settings(self.broker_env))
-        with producer:
-            return producer.send_task(name, args, headers=headers, queue=self.queue)
+        if self.producer is None:
+            self.producer = Celery("test-producer", set_as_current=False)
+            self.producer.conf.update(broker_settings(self.broker_env))
+        return self.producer.send_task(name, args, headers=headers, queue=self.queue)
 
     def spans(self, since=0):
         spans = load_spans(self.sink.db_path, **{"test.run": self.run_id})
