@@ -148,7 +148,7 @@ class Deployment:
         """Publish straight to the worker's queue, from a process with no tracing at all."""
         if self.producer is None:
             self.producer = Celery("test-producer", set_as_current=False)
-            self.producer.conf.update(broker_settings(self.broker_env))
+            self.producer.conf.update(broker_settings(self.env))
         return self.producer.send_task(name, args, headers=headers, queue=self.queue)
 
     def spans(self, since=0):

@@ -7,7 +7,9 @@ per pool: 2,000 by default, and the README reports an opt-in run of 10,000 too.
 
 import os
 import random
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -162,6 +164,81 @@ def test_a_missing_collector_costs_orders_nothing_and_is_reported_once(
     print(f"collector {collector}: slowest POST /orders {slowest * 1000:.0f} ms")
 
 
+# -- the broker restarting under a running worker --------------------------------------
+
+
+class PrivateRedis:
+    """A Redis of this test's own, that it can stop and start again on the same port. The
+    append-only file keeps what was queued across the restart, as production Redis should."""
+
+    def __init__(self, folder):
+        self.port, self.folder = free_port(), folder
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        subprocess.run(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--daemonize",
+             "yes", "--dir", str(self.folder), "--appendonly", "yes", "--save", ""],
+            check=True, capture_output=True, timeout=10,
+        )
+        wait_until(lambda: answers(self.port), "Redis did not start")
+
+    def stop(self):
+        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown"], capture_output=True,
+                       timeout=10)
+        wait_until(lambda: not answers(self.port), "Redis did not stop")
+
+
+def answers(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def wait_until(condition, message, deadline=30):
+    give_up = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < give_up, message
+        time.sleep(0.1)
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs the redis-server program")
+def test_the_worker_reconnects_after_a_broker_restart_and_loses_no_task(sink, tmp_path, figures):
+    redis = PrivateRedis(tmp_path)
+    redis.start()
+    deployment = started(
+        sink, tmp_path, worker_args=MATRIX_TASKS,
+        env={"CELERY_BROKER_URL": redis.url, "MATRIX_RESULTS_FOLDER": str(tmp_path)},
+    )
+    try:
+        wait_until_ready(deployment.workers[0])
+        since = time.time_ns()
+        for number in range(10):
+            deployment.send_task("matrix.work", [f"before-{number}"])
+        deployment.wait_for_spans(lambda spans: count_work(spans, "before") == 10, since)
+        redis.stop()
+        redis.start()
+        # Nobody tells the worker: it has to notice, reconnect, and take these.
+        for number in range(10):
+            deployment.send_task("matrix.work", [f"after-{number}"])
+        spans = deployment.wait_for_spans(
+            lambda spans: count_work(spans, "after") == 10, since, deadline=60
+        )
+    finally:
+        deployment.stop()
+        redis.stop()
+    assert count_work(spans, "before") == count_work(spans, "after") == 10
+    figures["broker restarted under a running worker"] = (
+        "reconnected by itself; 20 of 20 tasks published before and after it ran"
+    )
+
+
+def count_work(spans, prefix):
+    return sum(span["name"].startswith(f"work {prefix}-") for span in spans)
+
+
 # -- no context leaks under load --------------------------------------------------------
 
 
@@ -255,6 +332,7 @@ ROWS = [
     "collector down",
     "collector not answering",
     "broker down when an order is posted",
+    "broker restarted under a running worker",
 ]
 
 
