@@ -46,6 +46,14 @@ def get_order(connection, order_id):
     return dict(row) if row else None
 
 
-def set_status(connection, order_id, status):
+def advance(connection, order_id, current, new):
+    """Move an order from status CURRENT to NEW; False if it was not in CURRENT.
+
+    A task can run twice (messages are acknowledged after the task, and a worker lost
+    mid-task hands its message to another): each step happens once all the same.
+    """
     with connection:
-        connection.execute("UPDATE orders SET status = ? WHERE id = ?", (status, order_id))
+        cursor = connection.execute(
+            "UPDATE orders SET status = ? WHERE id = ? AND status = ?", (new, order_id, current)
+        )
+    return cursor.rowcount == 1

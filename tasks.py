@@ -76,18 +76,18 @@ def process_order(order_id):
         with tracer.start_as_current_span("charge_payment"):
             if orders_db.get_order(db, order_id) is None:
                 raise LookupError(f"order {order_id} does not exist")
-            orders_db.set_status(db, order_id, "charged")
+            orders_db.advance(db, order_id, "queued", "charged")
         with tracer.start_as_current_span("send_confirmation"):
-            orders_db.set_status(db, order_id, "confirmed")
-            # Another queue, another worker service: the trace must carry on there too.
-            send_confirmation_email.delay(order_id)
+            if orders_db.advance(db, order_id, "charged", "confirmed"):
+                # Another queue, another worker service: the trace must carry on there too.
+                send_confirmation_email.delay(order_id)
 
 
 @celery_app.task(name="tasks.send_confirmation_email")
 def send_confirmation_email(order_id):
     with closing(orders_db.connect()) as db:
         with tracer.start_as_current_span("render_email"):
-            orders_db.set_status(db, order_id, "emailed")
+            orders_db.advance(db, order_id, "confirmed", "emailed")
 
 
 @signals.worker_init.connect(weak=False)
