@@ -16,10 +16,12 @@ def consumer_spans(spans):
 def test_a_failed_task_leaks_no_context_into_the_next(deploy):
     deployment = deploy("fixed", web=False)
     since = time.time_ns()
-    # The first task fails (its order does not exist); the second comes with no context.
+    # The first task fails (its order does not exist); the second comes with no context,
+    # and only once the first is over, on the same worker process (concurrency 1).
     deployment.send_task(
         "tasks.process_order", [MISSING_ORDER], headers={"traceparent": TRACEPARENT}
     )
+    deployment.wait_for_spans(lambda spans: len(consumer_spans(spans)) == 1, since)
     deployment.send_task("tasks.process_order", [MISSING_ORDER + 1])
     spans = deployment.wait_for_spans(lambda spans: len(consumer_spans(spans)) == 2, since)
     failed, fresh = consumer_spans(spans)  # oldest first
