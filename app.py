@@ -14,8 +14,8 @@ from opentelemetry.trace import SpanKind
 from werkzeug.exceptions import HTTPException
 
 import orders_db
-from inbound_trace_policy import InboundTracePolicy, link_to_caller
 from celery_signals import CALL_SITE_VARIANTS
+from inbound_trace_policy import InboundTracePolicy, link_to_caller
 from tasks import PROPAGATION, process_order
 from tracing import setup_tracing
 

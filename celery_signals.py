@@ -187,12 +187,27 @@ def _end_consumer_span(task, state=None, **_):
     context.detach(token)
 
 
-def _record_failure(sender, exception, **_):
+def _record_failure(sender, exception, task_id=None, **_):
     consumer = getattr(sender.request, "otel_consumer", None)
-    # Failures the worker reports outside the task run (a time-limit kill) have no span.
-    if consumer is None:
+    if consumer is not None:
+        _mark_failed(consumer[0], exception)  # task_postrun ends the span
         return
-    span = consumer[0]
+    # Reported by the worker's main process, outside the run: a hard time limit killed the
+    # pool process, and its consumer span with it. Celery passes no headers here, so this
+    # record cannot join the trace; the message id ties it to the task.
+    span = _tracer.start_span(
+        f"celery.failed {sender.name}", context=context.Context(), kind=SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "celery",
+            "messaging.message.id": task_id or "",
+            "celery.task.name": sender.name,
+        },
+    )
+    _mark_failed(span, exception)
+    span.end()
+
+
+def _mark_failed(span, exception):
     span.record_exception(exception)
     span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}"))
 

@@ -10,8 +10,8 @@ import argparse
 import json
 import os
 import sys
-import threading
 import tempfile
+import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path

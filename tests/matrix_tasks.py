@@ -5,6 +5,7 @@ Workers load them with `--include tests.matrix_tasks`. Every task opens a span n
 """
 
 import os
+import time
 
 from celery.exceptions import Ignore
 from opentelemetry import trace
@@ -74,6 +75,12 @@ def autoretry(self, label):
     _work(f"{label}-{self.request.retries + 1}")
     if self.request.retries < 1:
         raise RuntimeError("first attempt fails on purpose")
+
+
+@celery_app.task(name="matrix.overrun", time_limit=1)
+def overrun(label):
+    _work(label)
+    time.sleep(30)
 
 
 @celery_app.task(name="matrix.never_runs")

@@ -13,7 +13,15 @@ from opentelemetry import trace
 from celery_signals import NEW_TRACE_HEADER
 from tasks import celery_app
 from tests.matrix_tasks import (
-    autoretry, call_site_headers, errback, errback_task, fail, flaky, never_runs, spawn, work,
+    autoretry,
+    call_site_headers,
+    errback,
+    errback_task,
+    fail,
+    flaky,
+    never_runs,
+    spawn,
+    work,
 )
 from tracing import flush_tracing, setup_tracing
 

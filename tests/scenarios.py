@@ -65,7 +65,10 @@ def outcome(spans, scenario):
         span = by_name[name]
         if span["trace_id"] != root["trace_id"]:
             return LOST
-        publisher = root if publisher_name == "scenario" else by_id[by_name[publisher_name]["parent_id"]]
+        if publisher_name == "scenario":
+            publisher = root
+        else:  # the run span that holds the publisher's work span
+            publisher = by_id[by_name[publisher_name]["parent_id"]]
         if not _descends(span, publisher, by_id):
             result = SAME_TRACE
     return result

@@ -5,8 +5,8 @@ import re
 
 import pytest
 import yaml
-
 from conftest import ROOT
+
 from processes import WEB_ARGS, worker_args
 
 

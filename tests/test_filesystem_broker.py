@@ -3,9 +3,8 @@
 import subprocess
 import sys
 
-from kombu import Connection, Exchange, Queue
-
 from conftest import ROOT
+from kombu import Connection, Exchange, Queue
 
 PRODUCERS = 4
 MESSAGES = 300
@@ -16,8 +15,10 @@ PRODUCER = """
 import sys
 from kombu import Connection, Exchange, Queue
 folder, number, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-options = {"data_folder_in": folder, "data_folder_out": folder, "control_folder": folder + "/control"}
-with Connection("filesystem://", transport="filesystem_broker:Transport", transport_options=options) as conn:
+options = {"data_folder_in": folder, "data_folder_out": folder,
+           "control_folder": folder + "/control"}
+transport = "filesystem_broker:Transport"
+with Connection("filesystem://", transport=transport, transport_options=options) as conn:
     exchange = Exchange("work", type="direct")
     Queue(f"own-{number}", exchange, routing_key=f"own-{number}")(conn.default_channel).declare()
     producer = conn.Producer(serializer="json")

@@ -7,9 +7,9 @@ import urllib.request
 import uuid
 
 import pytest
+from conftest import BROKER_URLS, require
 from kombu import Connection
 
-from conftest import BROKER_URLS, require
 from processes import start_web, stop
 from trace_sink import wait_for_spans
 

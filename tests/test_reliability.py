@@ -15,8 +15,8 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import ROOT, Deployment, require
+
 from processes import free_port, wait_until_ready
 
 DEFAULT_SOAK_TASKS = 2000
@@ -90,6 +90,34 @@ def test_recycled_prefork_children_flush_every_span(sink, tmp_path, figures):
     assert count(spans, RUN) == tasks
     figures["a new prefork child for every task (max-tasks-per-child=1)"] = (
         f"{tasks} of {tasks} spans exported"
+    )
+
+
+def test_a_hard_time_limit_kill_leaves_a_failed_span_with_the_task_id(sink, tmp_path, figures):
+    deployment = started(
+        sink, tmp_path, worker_args=MATRIX_TASKS, env={"MATRIX_RESULTS_FOLDER": str(tmp_path)}
+    )
+    try:
+        since = time.time_ns()
+        trace_id, span_id, header = traceparent()
+        headers = {"traceparent": header}
+        killed = deployment.send_task("matrix.overrun", ["overrun"], headers=headers)
+        # The pool replaces the killed process: the next task still runs, and is traced.
+        deployment.send_task("matrix.work", ["after-kill"], headers=headers)
+        spans = deployment.wait_for_spans(
+            lambda spans: count(spans, "celery.failed matrix.overrun") >= 1
+            and count(spans, "work after-kill") == 1, since,
+        )
+    finally:
+        deployment.stop()
+    # Celery 5.7 sends task_failure twice for a hard time limit: each leaves a record.
+    for failed in (s for s in spans if s["name"] == "celery.failed matrix.overrun"):
+        assert failed["status"] == "ERROR"
+        assert failed["attributes"]["messaging.message.id"] == killed.id
+    after = next(s for s in spans if s["name"] == "work after-kill")
+    assert after["trace_id"] == trace_id
+    figures["hard time limit kills the pool process mid-task"] = (
+        "a failed span with the task's id; the next task runs, traced"
     )
 
 
@@ -329,6 +357,7 @@ ROWS = [
     "warm shutdown (SIGTERM) with every span still queued, prefork pool",
     "warm shutdown (SIGTERM) with every span still queued, threads pool",
     "a new prefork child for every task (max-tasks-per-child=1)",
+    "hard time limit kills the pool process mid-task",
     "collector down",
     "collector not answering",
     "broker down when an order is posted",

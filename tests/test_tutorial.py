@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 DOCUMENTS = sorted((ROOT / "tutorial").glob("*.md")) + [ROOT / "README.md"]
