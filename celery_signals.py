@@ -5,8 +5,10 @@ that publishes tasks and every worker that runs them. This module imports nothin
 app around it, so it can be copied into any Celery project.
 """
 
+import math
 import time
 from contextvars import ContextVar
+from typing import NamedTuple
 
 from celery import signals
 from opentelemetry import context, trace
@@ -107,8 +109,10 @@ class _RequestGetter(Getter):
 
     def get(self, request, key):
         value = _header(request, key)
-        # Only well-formed values reach the propagator; the rest count as absent.
-        if isinstance(value, str) and len(value) <= MAX_HEADER_LENGTH:
+        # Only well-formed values reach the propagator; the rest count as absent. Trace
+        # context and baggage are ASCII; a lone surrogate (JSON carries "\ud800") would make
+        # the SDK's baggage propagator raise UnicodeEncodeError.
+        if isinstance(value, str) and len(value) <= MAX_HEADER_LENGTH and value.isascii():
             return [value]
         return None
 
@@ -161,9 +165,9 @@ def _start_consumer_span(task, parent, links=()):
         "celery.task.name": task.name,
         "celery.attempt": (request.retries or 0) + 1,
     }
-    published_at = _header(request, PUBLISHED_AT_HEADER)
-    if isinstance(published_at, (int, float)):
-        attributes["celery.queue_time_ms"] = max(0.0, (time.time() - published_at) * 1000)
+    queue_time_ms = _queue_time_ms(_header(request, PUBLISHED_AT_HEADER))
+    if queue_time_ms is not None:
+        attributes["celery.queue_time_ms"] = queue_time_ms
     span = _tracer.start_span(
         f"celery.run {task.name}", context=parent, kind=SpanKind.CONSUMER,
         attributes=attributes, links=links,
@@ -171,13 +175,40 @@ def _start_consumer_span(task, parent, links=()):
     # Attach the consumer span itself, so the task's own spans become its children. The
     # token and span live on this task's request, never in a module global: the threads,
     # gevent and eventlet pools run many tasks at once in one process.
-    request.otel_consumer = (span, context.attach(trace.set_span_in_context(span, parent)))
+    token = context.attach(trace.set_span_in_context(span, parent))
+    request.otel_consumer = _Running(span, token)
+
+
+class _Running(NamedTuple):
+    """The consumer span of the task running on a request, and the token to detach."""
+
+    span: object
+    token: object
+
+
+def _running(request):
+    # Message headers become request attributes too: a header named otel_consumer is there
+    # whenever task_prerun did not overwrite it. Only our own record counts.
+    consumer = getattr(request, "otel_consumer", None)
+    return consumer if isinstance(consumer, _Running) else None
+
+
+def _queue_time_ms(published_at):
+    """Milliseconds since PUBLISHED_AT, a time.time() value; None for anything else."""
+    # bool is an int, and JSON carries ints of any size: float(10**400) overflows.
+    if type(published_at) not in (int, float):
+        return None
+    try:
+        waited_ms = (time.time() - float(published_at)) * 1000
+    except OverflowError:
+        return None
+    return max(0.0, waited_ms) if math.isfinite(waited_ms) else None
 
 
 def _end_consumer_span(task, state=None, **_):
     # task_postrun is sent from a finally block, so success, failure and retry all end here
     # and the next task on this worker never inherits this one's context.
-    consumer = getattr(task.request, "otel_consumer", None)
+    consumer = _running(task.request)
     if consumer is None:
         return
     span, token = consumer
@@ -188,7 +219,7 @@ def _end_consumer_span(task, state=None, **_):
 
 
 def _record_failure(sender, exception, task_id=None, **_):
-    consumer = getattr(sender.request, "otel_consumer", None)
+    consumer = _running(sender.request)
     if consumer is not None:
         _mark_failed(consumer[0], exception)  # task_postrun ends the span
         return
@@ -213,7 +244,7 @@ def _mark_failed(span, exception):
 
 
 def _record_retry(sender, reason, **_):
-    consumer = getattr(sender.request, "otel_consumer", None)
+    consumer = _running(sender.request)
     if consumer is not None:
         consumer[0].set_attribute("celery.retry.reason", str(reason))
 

@@ -8,31 +8,43 @@ worker (Redis, threads pool) with a task whose order does not exist: the task ru
 with LookupError, and its consumer span must be a fresh root with no links, in a trace of
 its own, while the worker logs no error from our signal handlers.
 
-HOSTILE_CASES=50000 pytest -s tests/test_hostile_headers.py runs a longer fuzz;
-HOSTILE_REPORT=path.json also writes the figures there.
+The test prints how many cases went through ("hostile headers: N cases ..."), even without
+-s, and gives the README's Reliability table its row (default size only). HOSTILE_CASES=50000
+runs a longer fuzz; HOSTILE_REPORT=path.json writes the figures, timings included, to a file
+(they are in junit XML too, as the property hostile_headers).
 """
 
 import json
 import os
 import re
+import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 from celery import signals
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-import celery_signals
 from traces import RUN
 
-# About 10,000 carriers go through the worker in ~30 s here (see the report line).
-DEFAULT_CASES = 10_000
+import celery_signals
+
+# About 200 carriers a second go through on 2 cores (100-130 while other work shares them):
+# the worker spends ~4 ms of CPU on each failing task, this process ~3 ms drawing and
+# publishing one. 5,000 take ~26 s; HOSTILE_CASES=10000 about 45 s.
+DEFAULT_CASES = 5_000
 CASES = int(os.environ.get("HOSTILE_CASES") or DEFAULT_CASES)
 # No order has an id this large: every task fails with LookupError, after its span started.
 FIRST_ORDER = 10**9 + 10**6
 WORKER_THREADS = 8
+
+# Even with database=None, hypothesis caches Unicode tables and constants in ./.hypothesis:
+# keep them out of the repository.
+if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+    set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "hypothesis-hostile-headers")
 
 _sdk = TraceContextTextMapPropagator()
 HEX = "0123456789abcdef"
@@ -105,6 +117,8 @@ invalid_traceparents = st.one_of(
     structured_traceparents,
     st.text(max_size=80),
     st.text(alphabet=HEX + "-", max_size=70),
+).filter(sdk_rejects)
+huge_traceparents = st.one_of(
     # A valid traceparent with a version-00 tail, then tens of KB of it.
     huge(valid_traceparents.map(lambda v: v + "-")),
     huge(st.text(alphabet=HEX + "-", min_size=1, max_size=60)),
@@ -135,12 +149,11 @@ lone_surrogates = st.text(st.characters(categories=["Cs"]), min_size=1, max_size
 list_members = st.tuples(
     st.text(max_size=12), st.sampled_from(["=", "==", "", " = ", "=%zz"]), st.text(max_size=12)
 ).map("".join)
-member_lists = st.tuples(list_members, st.integers(1, 300), st.sampled_from([",", ", ", ",,", ";"]))
+member_lists = st.tuples(list_members, st.integers(1, 40), st.sampled_from([",", ", ", ",,", ";"]))
 tracestates = st.one_of(
     st.text(max_size=100),
     member_lists.map(lambda t: t[2].join([t[0]] * t[1])),
     st.sampled_from(["=", ",", "KEY=value", "a=b=c", "a@@b=c", "a=" + "x" * 300, ",,,,"]),
-    huge(list_members.map(lambda m: m + ",")),
     lone_surrogates.map(lambda s: f"k={s}"),
     non_strings,
 )
@@ -148,7 +161,6 @@ baggages = st.one_of(
     st.text(max_size=100),
     member_lists.map(lambda t: t[2].join([t[0]] * t[1])),
     st.sampled_from(["=", "k", "k=v;", "%zz=%zz", "k=v;p=q;=", "k=" + "v" * 4097, "é=é"]),
-    huge(list_members.map(lambda m: m + ",")),
     # Lone surrogates: JSON escapes them (\ud800) and the worker decodes them back.
     st.tuples(st.text(max_size=8), lone_surrogates).map(lambda t: f"k{t[0]}={t[1]}"),
     lone_surrogates,
@@ -171,28 +183,56 @@ traceparents = st.one_of(invalid_traceparents, non_strings)
 # celery_signals keeps the running consumer span.
 consumer_slots = non_strings
 
-# The same keys in other cases: Celery headers are case-sensitive, HTTP's are not.
-CASE_VARIANTS = {
+# Every header a carrier may hold besides traceparent, with what may fill it; the same
+# keys again in other cases, since Celery's headers are case-sensitive and HTTP's are not.
+OPTIONAL_HEADERS = {
+    "tracestate": tracestates,
+    "baggage": baggages,
+    celery_signals.NEW_TRACE_HEADER: new_traces,
+    celery_signals.PUBLISHED_AT_HEADER: published_ats,
+    celery_signals.PREVIOUS_ATTEMPT_HEADER: previous_attempts,
+    "otel_consumer": consumer_slots,
     "Traceparent": traceparents, "TRACEPARENT": traceparents, "TraceParent": traceparents,
     "Tracestate": tracestates, "TRACESTATE": tracestates,
     "Baggage": baggages, "BAGGAGE": baggages,
     "OTEL_NEW_TRACE": new_traces, "Otel_Published_At": published_ats,
     "OTEL_PREVIOUS_ATTEMPT": previous_attempts,
 }
-carriers = st.fixed_dictionaries(
-    {"traceparent": traceparents},
-    optional={
-        "tracestate": tracestates,
-        "baggage": baggages,
-        celery_signals.NEW_TRACE_HEADER: new_traces,
-        celery_signals.PUBLISHED_AT_HEADER: published_ats,
-        celery_signals.PREVIOUS_ATTEMPT_HEADER: previous_attempts,
-        "otel_consumer": consumer_slots,
-        **CASE_VARIANTS,
-    },
-)
+huge_members = huge(list_members.map(lambda m: m + ","))
+
+
+def repeated(low, high):
+    """One list member LOW to HIGH times, comma-separated."""
+    return st.tuples(list_members, st.integers(low, high)).map(lambda t: ",".join([t[0]] * t[1]))
+
+
+HUGE_VALUES = [
+    ("traceparent", huge_traceparents), ("Traceparent", huge_traceparents),
+    (celery_signals.PREVIOUS_ATTEMPT_HEADER, huge_traceparents),
+    ("tracestate", huge_members), ("baggage", huge_members), ("Baggage", huge_members),
+    ("baggage", huge(st.text(min_size=1, max_size=20))),
+    # Past the SDK's limit of 180 baggage members, and 32 tracestate members.
+    ("baggage", repeated(181, 2000)), ("tracestate", repeated(33, 2000)),
+    (celery_signals.NEW_TRACE_HEADER, huge(st.text(min_size=1, max_size=20))),
+    (celery_signals.PUBLISHED_AT_HEADER, huge(st.sampled_from(["9", "NaN", "1e9"]))),
+]
+
+
+@st.composite
+def carriers(draw):
+    """A hostile carrier; about one in eight has a header of tens of KB."""
+    headers = {"traceparent": draw(traceparents)}
+    # A few other headers, not all sixteen: fewer draws make many more cases per second.
+    for key in draw(st.lists(st.sampled_from(list(OPTIONAL_HEADERS)), max_size=5, unique=True)):
+        headers[key] = draw(OPTIONAL_HEADERS[key])
+    if draw(st.integers(0, 7)) == 0:
+        key, values = draw(st.sampled_from(HUGE_VALUES))
+        headers[key] = draw(values)
+    return headers
+
+
 TRACEPARENT_KEYS = {
-    key for key in ("traceparent", celery_signals.PREVIOUS_ATTEMPT_HEADER, *CASE_VARIANTS)
+    key for key in ("traceparent", *OPTIONAL_HEADERS)
     if key.lower() in ("traceparent", celery_signals.PREVIOUS_ATTEMPT_HEADER)
 }
 
@@ -239,21 +279,51 @@ def log_problems(log):
     return problems
 
 
-def shorten(value, limit=300):
-    text = value if isinstance(value, str) else json.dumps(value, default=repr)
+HANDLER_ERROR = re.compile(r"Signal handler <function (\w+) at 0x[0-9a-f]+> raised: (\w+)")
+
+
+def handler_errors(log):
+    """How many times each of our receivers raised, by exception type."""
+    counts = {}
+    for match in HANDLER_ERROR.finditer(log):
+        key = f"{match[1]}: {match[2]}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def shorten(text, limit=300):
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-def test_hostile_headers_start_a_fresh_trace_and_break_nothing(deploy, capsys, record_property):
+# Carriers that once broke a receiver: always published first, whatever hypothesis draws.
+REGRESSIONS = [
+    # _start_consumer_span computes time.time() - published_at: OverflowError past float range.
+    {"traceparent": "not a traceparent", celery_signals.PUBLISHED_AT_HEADER: 10**400},
+    # The SDK's baggage propagator calls header.encode(): UnicodeEncodeError on a lone surrogate.
+    {"traceparent": "not a traceparent", "baggage": "k=\ud800"},
+    # A header of the request slot's name, when task_prerun failed to overwrite it.
+    {"traceparent": "", celery_signals.PUBLISHED_AT_HEADER: 10**400, "otel_consumer": "xy"},
+]
+TASK_FAILED = re.compile(
+    r"Task tasks\.process_order\[([0-9a-f-]+)\] raised unexpected: LookupError"
+)
+
+
+README_ROW = "hostile trace headers through a real worker"
+
+
+def test_hostile_headers_start_a_fresh_trace_and_break_nothing(
+    deploy, figures, capsys, record_property, tmp_path
+):
     deployment = deploy(
         "fixed", "redis", web=False, pool="threads",
         # Later options win: this overrides the fixture's --concurrency 1.
         worker_args=["--concurrency", str(WORKER_THREADS)],
-        # Tens of thousands of spans in a burst: the SDK's default queue (2048) would drop some.
+        # Thousands of spans in a burst: the SDK's default queue (2048) could drop some.
         env={"OTEL_BSP_MAX_QUEUE_SIZE": str(4 * CASES + 2048)},
     )
     log_offset = len(deployment.worker_log())
-    published = []  # (task id, headers as sent, the headers serialised)
+    published = []  # (task id, the headers as sent, in JSON)
 
     @settings(
         max_examples=CASES, deadline=None, database=None, derandomize=False,
@@ -262,99 +332,134 @@ def test_hostile_headers_start_a_fresh_trace_and_break_nothing(deploy, capsys, r
             HealthCheck.filter_too_much,
         ],
     )
-    @given(carriers)
+    @given(carriers())
     def publish(headers):
         for key in TRACEPARENT_KEYS & headers.keys():
             if isinstance(headers[key], str):
                 assert sdk_rejects(headers[key]), f"{key}={headers[key]!r} is a valid traceparent"
         order = FIRST_ORDER + len(published)
         result = deployment.send_task("tasks.process_order", [order], headers=headers)
-        published.append((result.id, headers, json.dumps(headers).lower()))
+        published.append((result.id, json.dumps(headers)))
+
+    for regression in REGRESSIONS:
+        publish = example(regression)(publish)
 
     since = time.time_ns()
     started = time.monotonic()
     with headers_published_as_given():
         publish()
     publishing = time.monotonic() - started
-    ids = {task_id for task_id, _, _ in published}
+    ids = {task_id for task_id, _ in published}
 
     def consumer_spans(spans):
+        # Every CONSUMER span of these tasks, whatever its name: celery.run, but also the
+        # celery.failed or celery.revoked records that must not appear.
         return [
             span for span in spans
-            if span["name"] == RUN and span["attributes"].get("messaging.message.id") in ids
+            if span["kind"] == "CONSUMER"
+            and span["attributes"].get("messaging.message.id") in ids
         ]
 
-    def task_accounted_for(task_id, log):
-        return f"[{task_id}]" in log and ("raised unexpected" in log or "succeeded" in log)
+    def tasks_ran(log):
+        return ids & set(TASK_FAILED.findall(log))
 
-    def ready(spans):
-        # Done when every task has its span, or (to fail fast and informatively) when every
-        # task the worker has finished is in the log and its spans had time to arrive.
-        return len(consumer_spans(spans)) >= len(ids)
-
+    # The worker's log first, read twice a second: loading every span ten times a second
+    # would take CPU from the worker while it still has a backlog.
+    give_up = time.monotonic() + 30 + len(ids) / 50
+    while len(tasks_ran(deployment.worker_log()[log_offset:])) < len(ids):
+        deployment.check_alive()
+        if time.monotonic() > give_up:
+            break
+        time.sleep(0.5)
+    # Then the spans, which leave the worker every 100 ms (OTEL_BSP_SCHEDULE_DELAY).
     try:
-        spans = deployment.wait_for_spans(ready, since, deadline=30 + len(ids) / 50)
+        spans = deployment.wait_for_spans(
+            lambda spans: len({
+                span["attributes"]["messaging.message.id"] for span in consumer_spans(spans)
+            }) >= len(ids),
+            since, deadline=15,
+        )
     except TimeoutError:
         spans = deployment.spans(since)
     elapsed = time.monotonic() - started
     log = deployment.worker_log()[log_offset:]
+    ran = tasks_ran(log)
 
     by_id = {}
     for span in consumer_spans(spans):
         by_id.setdefault(span["attributes"]["messaging.message.id"], []).append(span)
-    failures = []
+    failures, failed_carriers = [], []
     continued = 0
-    for task_id, headers, serialised in published:
+    for task_id, headers in published:
         found = by_id.get(task_id, [])
-        if len(found) != 1:
-            ran = f"{task_id}] raised unexpected: LookupError" in log
-            received = f"{task_id}] received" in log
+        if [span["name"] for span in found] != [RUN]:
+            failed_carriers.append(headers)
+            received = f"[{task_id}] received" in log
             failures.append(
-                f"task {task_id}: {len(found)} consumer spans (received: {received}, "
-                f"task ran: {ran}); headers {shorten(headers)}"
+                f"task {task_id}: consumer spans {[span['name'] for span in found]} "
+                f"(received: {received}, ran: {task_id in ran}); headers {shorten(headers)}"
             )
             continue
         span = found[0]
-        problems = []
+        foreign = []
         if span["parent_id"] is not None:
-            problems.append(f"has parent {span['parent_id']}")
-        if span["trace_id"] in serialised:
-            problems.append(f"continues trace {span['trace_id']} from its headers")
+            foreign.append(f"parent {span['parent_id']}")
+        if span["trace_id"] in headers.lower():
+            foreign.append(f"trace {span['trace_id']}, found in its headers")
         if span["links"]:
-            problems.append(f"links to {span['links']}")
+            foreign.append(f"links {span['links']}")
+        continued += bool(foreign)
+        problems = foreign
         if span["status"] != "ERROR":
-            problems.append(f"status {span['status']}: the task did not run to its LookupError")
+            problems = [*foreign, f"status {span['status']}, not the task's LookupError"]
         if problems:
-            continued += bool(span["parent_id"] or span["links"] or span["trace_id"] in serialised)
+            failed_carriers.append(headers)
             failures.append(f"task {task_id}: {', '.join(problems)}; headers {shorten(headers)}")
 
-    figures = {
+    measured = {
         "cases": len(published),
+        "tasks_ran": len(ran),
         "consumer_spans": sum(len(found) for found in by_id.values()),
         "continued_foreign_context": continued,
-        "failures": len(failures),
+        "failed_cases": len(failures),
+        "receiver_errors": handler_errors(log),
         "publish_seconds": round(publishing, 1),
         "total_seconds": round(elapsed, 1),
         "cases_per_second": round(len(published) / elapsed, 1),
         "worker": f"redis, threads pool, concurrency {WORKER_THREADS}",
     }
-    record_property("hostile_headers", figures)
+    record_property("hostile_headers", measured)
     if os.environ.get("HOSTILE_REPORT"):
         with open(os.environ["HOSTILE_REPORT"], "w") as report:
-            json.dump(figures, report, indent=2)
+            json.dump(measured, report, indent=2)
     with capsys.disabled():
         print(
             f"\nhostile headers: {len(published)} cases through a real worker, "
             f"{continued} continued a foreign context, {len(failures)} failed "
-            f"({elapsed:.1f} s, {figures['cases_per_second']} cases/s; publishing "
-            f"{publishing:.1f} s)"
+            f"({elapsed:.1f} s, {measured['cases_per_second']} cases/s)"
         )
 
-    assert len(published) == CASES
+    assert len(published) >= CASES
     problems = log_problems(log)
-    assert not failures, f"{len(failures)} of {len(published)} cases failed:\n" + "\n".join(
-        failures[:20]
-    ) + "\n\nworker log problems:\n" + "\n".join(shorten(p, 2000) for p in problems[:5])
+    if failures:
+        # Whole, for replaying: the message shortens them.
+        replay = tmp_path / "failed-carriers.json"
+        replay.write_text("[\n" + ",\n".join(failed_carriers) + "\n]\n")
+        raise AssertionError(
+            f"{len(failures)} of {len(published)} cases failed (every failed carrier, whole, "
+            f"is in {replay}):\n" + "\n".join(failures[:20])
+            + f"\n\nour receivers raised: {measured['receiver_errors']}"
+            + "\nfirst worker log problems:\n"
+            + "\n".join(shorten(problem, 2000) for problem in problems[:3])
+        )
+    # The worker built a request from every message and ran the task: nothing was rejected.
+    assert ran == ids, f"{len(ids - ran)} tasks never reached their LookupError"
     assert not problems, f"{len(problems)} worker log problems:\n" + "\n".join(
-        shorten(p, 2000) for p in problems[:10]
+        shorten(problem, 2000) for problem in problems[:10]
     )
+    # The README reports the default run only: no timings, so that the table is stable.
+    if CASES == DEFAULT_CASES:
+        figures[README_ROW] = (
+            f"{len(published):,} hypothesis-generated carriers: every task ran, "
+            f"{continued} continued a foreign context, 0 receiver errors"
+        )
