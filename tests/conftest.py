@@ -145,7 +145,7 @@ class Deployment:
             return error.code, json.load(error)
 
     def send_task(self, name, args, headers=None):
-        """Publish straight to the worker's queue, from the test process (which exports no spans)."""
+        """Publish straight to the worker's queue, from the test process (no spans)."""
         if self.producer is None:
             self.producer = Celery("test-producer", set_as_current=False)
             self.producer.conf.update(broker_settings(self.env))
