@@ -52,12 +52,16 @@ def run_variant(variant, workdir, sink, cancelled):
         "CELERY_BROKER_FOLDER": str(workdir / "broker"),
         "QUEUE_PREFIX": f"{variant}-",
     }
+    # Node names of their own: on RabbitMQ, two workers called celery@<host> collide.
     workers = [
-        start_worker(env, workdir / f"orders-worker-{variant}.log"),
+        start_worker(
+            env, workdir / f"orders-worker-{variant}.log",
+            extra_args=["--hostname", f"{variant}-orders@%h"],
+        ),
         start_worker(
             {**env, "OTEL_SERVICE_NAME": "email-worker"},
             workdir / f"email-worker-{variant}.log",
-            extra_args=["--queues", f"{variant}-emails"],
+            extra_args=["--queues", f"{variant}-emails", "--hostname", f"{variant}-emails@%h"],
         ),
     ]
 

@@ -2,13 +2,14 @@
 every expected output comes from a real run of its command."""
 
 import json
+import os
 import re
 import shlex
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, require
 
 DOCUMENTS = sorted((ROOT / "tutorial").glob("*.md")) + [ROOT / "README.md"]
 # A marker comment, then a fenced block: <!-- quote: FILE --> or <!-- output: COMMAND -->
@@ -67,3 +68,18 @@ def test_every_relative_link_points_at_a_file():
     for document in DOCUMENTS:
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", document.read_text()):
             assert (document.parent / target).exists(), f"{document.name} links to {target}"
+
+
+def test_the_demo_runs_on_redis_as_the_readme_says():
+    require("redis")
+    assert "CELERY_BROKER_URL=redis://127.0.0.1:6379/0 python demo.py" in (
+        ROOT / "README.md"
+    ).read_text()
+    result = subprocess.run(
+        [sys.executable, "demo.py", "--json"], cwd=ROOT, capture_output=True, text=True,
+        timeout=120, env={**os.environ, "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0"},
+    )
+    assert result.returncode == 0, result.stderr
+    verdicts = json.loads(result.stdout)
+    assert verdicts["broken"]["orphans"] >= 1
+    assert (verdicts["fixed"]["traces"], verdicts["fixed"]["orphans"]) == (1, 0)
