@@ -221,7 +221,7 @@ def _end_consumer_span(task, state=None, **_):
 def _record_failure(sender, exception, task_id=None, **_):
     consumer = _running(sender.request)
     if consumer is not None:
-        _mark_failed(consumer[0], exception)  # task_postrun ends the span
+        _mark_failed(consumer.span, exception)  # task_postrun ends the span
         return
     # Reported by the worker's main process, outside the run: a hard time limit killed the
     # pool process, and its consumer span with it. Celery passes no headers here, so this
@@ -246,7 +246,7 @@ def _mark_failed(span, exception):
 def _record_retry(sender, reason, **_):
     consumer = _running(sender.request)
     if consumer is not None:
-        consumer[0].set_attribute("celery.retry.reason", str(reason))
+        consumer.span.set_attribute("celery.retry.reason", str(reason))
 
 
 def _record_revoked(sender, request, terminated=False, expired=False, **_):
