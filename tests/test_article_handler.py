@@ -5,7 +5,7 @@ import sys
 import time
 
 from conftest import ROOT
-from traces import PUBLISH, REQUEST, RUN, assert_edges, assert_orphaned, names, one
+from traces import PUBLISH, REQUEST, RUN, assert_edges, assert_orphaned, complete, names, one
 
 
 def test_task_prerun_sends_no_headers_but_the_request_carries_them():
@@ -31,7 +31,8 @@ def test_a_worker_with_the_articles_handler_stays_orphaned(deploy):
     status, body = deployment.post("/orders", {"item": "book", "quantity": 1})
     assert status == 202, body
     spans = deployment.wait_for_spans(
-        lambda spans: {REQUEST, PUBLISH, "send_confirmation"} <= names(spans), since
+        lambda spans: {REQUEST, PUBLISH, "send_confirmation"} <= names(spans)
+        and complete(spans), since
     )
     assert_edges(spans, [(REQUEST, PUBLISH)])
     assert_orphaned(spans, RUN)

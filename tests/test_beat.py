@@ -8,6 +8,12 @@ TRACE_ID = "5b8efff798038103d269b633813fc60c"
 TRACEPARENT = f"00-{TRACE_ID}-eee19b7ec3c1b174-01"
 
 
+def runs_arrived(spans):
+    """Each work span's run span, which ends (and may be exported) after it, is in too."""
+    ids = {span["span_id"] for span in spans}
+    return all(s["parent_id"] in ids for s in spans if s["name"].startswith("work "))
+
+
 def test_beat_tasks_start_fresh_traces_and_inherit_none(deploy, tmp_path):
     deployment = deploy(
         "fixed", "redis", web=False, pool="threads",
@@ -27,7 +33,8 @@ def test_beat_tasks_start_fresh_traces_and_inherit_none(deploy, tmp_path):
             deployment.send_task("matrix.work", ["traced"], headers={"traceparent": TRACEPARENT})
         spans = deployment.wait_for_spans(
             lambda spans: sum(s["name"] == "work beat" for s in spans) >= 4
-            and sum(s["name"] == "work traced" for s in spans) == 3,
+            and sum(s["name"] == "work traced" for s in spans) == 3
+            and runs_arrived(spans),
             since,
         )
     finally:

@@ -6,7 +6,7 @@ import pytest
 
 from traces import (
     CONNECTED_EDGES, EMAIL_PUBLISH, EMAIL_RUN, PUBLISH, REQUEST, RUN, TASK_EDGES,
-    assert_edges, assert_orphaned, names,
+    assert_edges, assert_orphaned, complete, names,
 )
 
 BROKERS = ["filesystem", "redis"]
@@ -17,7 +17,8 @@ def order_spans(deployment):
     status, body = deployment.post("/orders", {"item": "book", "quantity": 1})
     assert status == 202, body
     return deployment.wait_for_spans(
-        lambda spans: {REQUEST, RUN, "send_confirmation", "render_email"} <= names(spans),
+        lambda spans: {REQUEST, RUN, "send_confirmation", "render_email"} <= names(spans)
+        and complete(spans),
         since,
     )
 

@@ -41,3 +41,10 @@ def assert_orphaned(spans, name, request_name=REQUEST):
 
 def names(spans):
     return {span["name"] for span in spans}
+
+
+def complete(spans):
+    """Every span's parent has arrived too. A parent ends after its children, so it can
+    reach the sink in a later export than they do: wait for it before checking edges."""
+    ids = {span["span_id"] for span in spans}
+    return all(span["parent_id"] is None or span["parent_id"] in ids for span in spans)
