@@ -144,12 +144,16 @@ class Deployment:
         except urllib.error.HTTPError as error:
             return error.code, json.load(error)
 
-    def send_task(self, name, args, headers=None):
-        """Publish straight to the worker's queue, from the test process (no spans)."""
+    def producer_app(self):
+        """A Celery app in the test process (which exports no spans) on this broker."""
         if self.producer is None:
             self.producer = Celery("test-producer", set_as_current=False)
             self.producer.conf.update(broker_settings(self.env))
-        return self.producer.send_task(name, args, headers=headers, queue=self.queue)
+        return self.producer
+
+    def send_task(self, name, args, headers=None):
+        """Publish straight to the worker's queue."""
+        return self.producer_app().send_task(name, args, headers=headers, queue=self.queue)
 
     def spans(self, since=0):
         spans = load_spans(self.sink.db_path, **{"test.run": self.run_id})

@@ -317,7 +317,7 @@ def publish_soak(deployment, tasks):
         headers = {"traceparent": header} if kind == "traced" or revoked else {}
         result = deployment.send_task(task, [f"soak-{number}"], headers=headers)
         if revoked:
-            deployment.producer.control.revoke(result.id)
+            deployment.producer_app().control.revoke(result.id)
         published[result.id] = (trace_id if headers else None, span_id, spans)
         expected_spans += spans
     return published, expected_spans

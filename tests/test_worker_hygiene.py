@@ -31,3 +31,19 @@ def test_a_failed_task_leaks_no_context_into_the_next(deploy):
     assert fresh["trace_id"] != FAILING_TRACE_ID
     assert "Failed to detach context" not in deployment.worker_log()
 
+
+
+def test_the_worker_refuses_pickle(deploy):
+    # Anyone who can write to the broker could run code through a pickle payload.
+    deployment = deploy("fixed", web=False)
+    since = time.time_ns()
+    result = deployment.producer_app().send_task(
+        "tasks.process_order", [MISSING_ORDER], queue=deployment.queue, serializer="pickle"
+    )
+    give_up = time.monotonic() + 30
+    while "Refusing to deserialize untrusted content of type pickle" not in deployment.worker_log():
+        assert time.monotonic() < give_up, "the worker did not refuse the pickle message"
+        time.sleep(0.1)
+    time.sleep(0.5)  # were the task run anyway, its span would be exported by now
+    assert result.id not in deployment.worker_log()
+    assert consumer_spans(deployment.spans(since)) == []
