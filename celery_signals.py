@@ -140,9 +140,11 @@ def _previous_attempt(request):
 def _continue_trace(task, **_):
     # task_prerun has no headers argument: a receiver declared with headers=None always sees
     # None. The context travels on the task request instead.
-    parent = extract(task.request, getter=_getter)
-    links = _previous_attempt(task.request)
-    if _header(task.request, NEW_TRACE_HEADER):
+    request = task.request
+    parent = extract(request, getter=_getter)
+    # Only a retry has an attempt before it to link to.
+    links = _previous_attempt(request) if request.retries else []
+    if _header(request, NEW_TRACE_HEADER):
         # The caller asked for a new trace: start a root that links back to the producer.
         links += _link_to(trace.get_current_span(parent).get_span_context())
         parent = context.Context()

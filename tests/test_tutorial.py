@@ -83,3 +83,12 @@ def test_the_demo_runs_on_redis_as_the_readme_says():
     verdicts = json.loads(result.stdout)
     assert verdicts["broken"]["orphans"] >= 1
     assert (verdicts["fixed"]["traces"], verdicts["fixed"]["orphans"]) == (1, 0)
+
+
+def test_the_production_chapter_quotes_the_readme_costs():
+    # Benchmarks are not tests: the figures come from one real run of benchmarks/run.py,
+    # recorded once in the README; the chapter must not drift from them.
+    block = re.compile(r"<!-- figures: costs -->\n(.*?)\n\n(?!\|)", re.DOTALL)
+    readme = block.search((ROOT / "README.md").read_text()).group(1)
+    chapter = block.search((ROOT / "tutorial" / "06-in-production.md").read_text()).group(1)
+    assert chapter == readme
