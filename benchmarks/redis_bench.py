@@ -22,7 +22,6 @@ import argparse
 import importlib.util
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ sys.path.insert(0, str(HERE.parent))  # the app's modules live at the repository
 
 from celery import Celery  # noqa: E402
 
-from processes import check_alive, start_worker  # noqa: E402
+from processes import check_alive, start_worker, stop  # noqa: E402
 from trace_sink import TraceSink, load_spans  # noqa: E402
 
 VARIANTS = ("untraced", "broken", "fixed") + (
@@ -106,20 +105,12 @@ def batch_figures(marks, queue, batch_size):
 
 
 def stop_all(workers, deadline=30.0):
-    # A warm shutdown for all at once (each pool process flushes its spans on the way out),
-    # then whatever is left of their sessions goes.
+    # A warm shutdown for all at once (each pool process flushes its spans on the way out,
+    # and each worker takes seconds), then processes.stop makes sure each is gone.
     for worker in workers:
         worker.terminate()
     for worker in workers:
-        try:
-            worker.wait(deadline)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(worker.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        worker.wait(10)
+        stop(worker, deadline)
 
 
 def worker_spans(db_path, variant):
