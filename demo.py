@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from celery_signals import VARIANTS
-from processes import ProcessFailed, check_alive, start_web, start_worker, stop
+from processes import ProcessFailed, check_alive, start_web, start_worker, stop, stop_all
 from trace_sink import TraceSink, load_spans, wait_for_spans
 from trace_view import describe, render, verdict
 
@@ -85,10 +85,7 @@ def run_variant(variant, workdir, sink, cancelled):
         finally:
             stop(web)
     finally:
-        for worker in workers:
-            worker.terminate()  # both shut down at once: each takes seconds
-        for worker in workers:
-            stop(worker)
+        stop_all(workers)
     # Both processes flushed on their way out: now every span is in.
     return load_spans(sink.db_path, **{"demo.variant": variant})
 

@@ -108,3 +108,13 @@ def stop(process, deadline=15.0):
     except ProcessLookupError:
         pass
     process.wait()
+
+
+def stop_all(processes, deadline=15.0):
+    """stop() several at once: each worker takes seconds to shut down, so ask them all first."""
+    processes = list(processes)
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        stop(process, deadline)

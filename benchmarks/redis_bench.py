@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE.parent))  # the app's modules live at the repository
 
 from celery import Celery  # noqa: E402
 
-from processes import check_alive, start_worker, stop  # noqa: E402
+from processes import check_alive, start_worker, stop_all  # noqa: E402
 from trace_sink import TraceSink, load_spans  # noqa: E402
 
 VARIANTS = ("untraced", "broken", "fixed") + (
@@ -104,15 +104,6 @@ def batch_figures(marks, queue, batch_size):
     }
 
 
-def stop_all(workers, deadline=30.0):
-    # A warm shutdown for all at once (each pool process flushes its spans on the way out,
-    # and each worker takes seconds), then processes.stop makes sure each is gone.
-    for worker in workers:
-        worker.terminate()
-    for worker in workers:
-        stop(worker, deadline)
-
-
 def worker_spans(db_path, variant):
     return len(load_spans(db_path, **{"bench.variant": variant, "bench.role": "worker"}))
 
@@ -149,7 +140,7 @@ def measure(variants, slots, batch_size, redis_url, deadline, folder, run_id):
                                [workers[v]])
                     results[v].append(batch_figures(marks, queue, batch_size))
         finally:
-            stop_all(workers.values())
+            stop_all(workers.values(), deadline=30.0)
         # Checks that each variant does what it says (no span untraced, one per task
         # otherwise) and that no span queue dropped any.
         tasks = slots * (batch_size + 2)

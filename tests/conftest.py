@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import pytest
 from celery import Celery
 
-from processes import check_alive, start_web, start_worker, stop
+from processes import check_alive, start_web, start_worker, stop_all
 from tasks import broker_settings
 from trace_sink import TraceSink, load_spans, wait_for_spans
 
@@ -115,14 +115,8 @@ class Deployment:
     def processes(self):
         return [process for process in (self.web, *self.workers) if process is not None]
 
-    def terminate(self):
-        for process in self.processes():
-            if process.poll() is None:
-                process.terminate()
-
     def stop(self):
-        for process in self.processes():
-            stop(process)
+        stop_all(self.processes())
         if self.producer is not None:
             self.producer.close()
 
@@ -187,8 +181,6 @@ def deploy(sink, tmp_path_factory):
         return running[key]
 
     yield get
-    # All at once: each worker takes seconds to shut down.
+    stop_all(process for deployment in running.values() for process in deployment.processes())
     for deployment in running.values():
-        deployment.terminate()
-    for deployment in running.values():
-        deployment.stop()
+        deployment.stop()  # closes its producer; its processes are gone already
