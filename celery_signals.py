@@ -1,29 +1,30 @@
 """Carry the OpenTelemetry trace context from a Celery producer to its worker, by hand.
 
-Call install(variant) once in every process that loads your Celery app: the web process
-that publishes tasks and every worker that runs them. This module imports nothing of the
-app around it, so it can be copied into any Celery project.
+Call install() once in every process that loads your Celery app: the web process that
+publishes tasks and every worker that runs them. This module imports nothing of the app
+around it, so it can be copied into any Celery project.
 """
 
+import functools
 import math
+import sys
 import time
 from contextvars import ContextVar
+from datetime import datetime
 from typing import NamedTuple
 
-from celery import signals
+from celery import Celery, signals
 from opentelemetry import context, trace
 from opentelemetry.propagate import extract, inject
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-# broken:      nothing is propagated; the worker's span starts a trace of its own.
-# inject-only: the producer injects at the call site, the worker reads nothing: still broken.
-# call-site:   the producer injects at the call site, the worker extracts. Loses the messages
-#              Celery republishes itself (chain steps, link callbacks, errbacks).
-# fixed:       every publish injects (before_task_publish), the worker extracts.
-VARIANTS = ("broken", "inject-only", "call-site", "fixed")
-CALL_SITE_VARIANTS = ("inject-only", "call-site")
+# fixed:     every publish injects (before_task_publish), the worker extracts. The fix.
+# call-site: the worker half alone: it extracts what your own call sites inject into the
+#            headers= of apply_async, and loses the messages Celery publishes itself.
+# broken:    nothing is propagated: each task's span starts a trace of its own.
+VARIANTS = ("fixed", "call-site", "broken")
 
 # A caller sets this header to start the task in a new trace that only links back to its
 # producer: for fan-outs that would make one trace too large to read.
@@ -36,30 +37,104 @@ PREVIOUS_ATTEMPT_HEADER = "otel_previous_attempt"
 # far larger is garbage or hostile: the SDK would log it whole in a warning.
 MAX_HEADER_LENGTH = 8192
 
-_tracer = trace.get_tracer(__name__)
+_tracer = trace.get_tracer(__name__)  # install() may give it a provider of its own
 # The publish span lives from before_task_publish to after_task_publish, which Celery sends
 # in the same thread (or greenlet) around one message: a ContextVar keeps concurrent
 # publishes in other threads apart.
 _publish_span = ContextVar("celery_publish_span", default=None)
 
 
-def install(variant):
-    """Connect the signal handlers of one variant. Call once per process."""
+class _Installed(NamedTuple):
+    """What install() changed, for uninstall() to change back."""
+
+    variant: str
+    receivers: list  # (signal, receiver) pairs
+    send_task: object  # our wrapper of Celery.send_task, or None
+
+
+_installed = None
+
+
+def install(variant="fixed", tracer_provider=None):
+    """Connect the signal handlers of VARIANT; uninstall() takes them away again.
+
+    Spans go to TRACER_PROVIDER, or to the global one. Installing the same variant twice is
+    harmless; a different one is refused.
+    """
+    global _installed, _tracer
     if variant not in VARIANTS:
         raise ValueError(f"unknown propagation variant {variant!r}: choose one of {VARIANTS}")
-    # weak=False: Celery's signals hold weak references by default, and a receiver that
-    # has been garbage-collected fails silently.
+    if _installed is not None:
+        if _installed.variant == variant:
+            return
+        raise RuntimeError(
+            f"celery_signals is installed already, with {_installed.variant!r}: "
+            f"call uninstall() before installing {variant!r}"
+        )
+    _refuse_beside_auto_instrumentation()
+    _tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
+    receivers = [
+        (signals.task_prerun, _start_new_trace if variant == "broken" else _continue_trace),
+        (signals.task_postrun, _end_consumer_span),
+        (signals.task_failure, _record_failure),
+        (signals.task_retry, _record_retry),
+        (signals.task_revoked, _record_revoked),
+    ]
+    send_task = None
     if variant == "fixed":
-        signals.before_task_publish.connect(_start_publish_span, weak=False)
-        signals.after_task_publish.connect(_end_publish_span, weak=False)
-    if variant in ("call-site", "fixed"):
-        signals.task_prerun.connect(_continue_trace, weak=False)
-    else:
-        signals.task_prerun.connect(_start_new_trace, weak=False)
-    signals.task_postrun.connect(_end_consumer_span, weak=False)
-    signals.task_failure.connect(_record_failure, weak=False)
-    signals.task_retry.connect(_record_retry, weak=False)
-    signals.task_revoked.connect(_record_revoked, weak=False)
+        receivers += [
+            (signals.before_task_publish, _start_publish_span),
+            (signals.after_task_publish, _end_publish_span),
+        ]
+        # Celery sends no signal when a publish fails: after_task_publish never comes, and
+        # the PRODUCER span would stay open, unexported, in the ContextVar. Every publish
+        # goes through Celery.send_task, so that is where a failure is caught.
+        send_task = Celery.send_task = _ending_failed_publish(Celery.send_task)
+    for signal, receiver in receivers:
+        # weak=False: Celery's signals hold weak references by default, and a receiver
+        # that has been garbage-collected fails silently.
+        signal.connect(receiver, weak=False)
+    _installed = _Installed(variant, receivers, send_task)
+
+
+def uninstall():
+    """Disconnect what install() connected; return the variant it had installed, or None."""
+    global _installed
+    if _installed is None:
+        return None
+    for signal, receiver in _installed.receivers:
+        signal.disconnect(receiver)
+    # If something wrapped send_task after us, ours stays under it, idle: with no publish
+    # span ever started, it has nothing to end.
+    if _installed.send_task is not None and Celery.send_task is _installed.send_task:
+        Celery.send_task = _installed.send_task.__wrapped__
+    variant, _installed = _installed.variant, None
+    return variant
+
+
+def _refuse_beside_auto_instrumentation():
+    # opentelemetry-instrumentation-celery connects the same signals: with both, every
+    # message is injected twice and every task gets two consumer spans. Look only if the
+    # package is loaded already: this module must not import it.
+    module = sys.modules.get("opentelemetry.instrumentation.celery")
+    if module is not None and module.CeleryInstrumentor().is_instrumented_by_opentelemetry:
+        raise RuntimeError(
+            "CeleryInstrumentor is active in this process: keep it or celery_signals, not "
+            "both. To keep celery_signals, leave celery out of the auto-instrumentation "
+            "(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=celery for opentelemetry-instrument)."
+        )
+
+
+def _ending_failed_publish(send_task):
+    @functools.wraps(send_task)
+    def send_task_ending_failed_publish(*args, **kwargs):
+        try:
+            return send_task(*args, **kwargs)
+        except BaseException as error:
+            _end_publish_span(error=error)
+            raise
+
+    return send_task_ending_failed_publish
 
 
 def _start_publish_span(sender, headers, routing_key=None, **_):
@@ -88,11 +163,13 @@ def _start_publish_span(sender, headers, routing_key=None, **_):
     _publish_span.set(span)
 
 
-def _end_publish_span(**_):
+def _end_publish_span(error=None, **_):
     span = _publish_span.get()
     if span is not None:
-        span.end()
         _publish_span.set(None)
+        if error is not None:
+            _mark_failed(span, error)
+        span.end()
 
 
 def _header(request, key):
@@ -124,6 +201,10 @@ _getter = _RequestGetter()
 _traceparent = TraceContextTextMapPropagator()
 
 
+def _span_context(ctx):
+    return trace.get_current_span(ctx).get_span_context()
+
+
 def _link_to(span_context):
     # A link to garbage would point nowhere: keep only well-formed span contexts.
     return [Link(span_context)] if span_context.is_valid else []
@@ -133,8 +214,7 @@ def _previous_attempt(request):
     value = _header(request, PREVIOUS_ATTEMPT_HEADER)
     if not isinstance(value, str):
         return []
-    parsed = _traceparent.extract({"traceparent": value})
-    return _link_to(trace.get_current_span(parsed).get_span_context())
+    return _link_to(_span_context(_traceparent.extract({"traceparent": value})))
 
 
 def _continue_trace(task, **_):
@@ -142,11 +222,16 @@ def _continue_trace(task, **_):
     # None. The context travels on the task request instead.
     request = task.request
     parent = extract(request, getter=_getter)
+    if request.is_eager and not _span_context(parent).is_valid:
+        # Eager mode (task_always_eager, task.apply()) publishes nothing, so there was no
+        # before_task_publish and there is nothing to extract. The task runs inside its
+        # caller: continue the caller's context, or the task would start a trace of its own.
+        parent = context.get_current()
     # Only a retry has an attempt before it to link to.
     links = _previous_attempt(request) if request.retries else []
     if _header(request, NEW_TRACE_HEADER):
         # The caller asked for a new trace: start a root that links back to the producer.
-        links += _link_to(trace.get_current_span(parent).get_span_context())
+        links += _link_to(_span_context(parent))
         parent = context.Context()
     _start_consumer_span(task, parent, links)
 
@@ -167,9 +252,7 @@ def _start_consumer_span(task, parent, links=()):
         "celery.task.name": task.name,
         "celery.attempt": (request.retries or 0) + 1,
     }
-    queue_time_ms = _queue_time_ms(_header(request, PUBLISHED_AT_HEADER))
-    if queue_time_ms is not None:
-        attributes["celery.queue_time_ms"] = queue_time_ms
+    attributes.update(_waiting_times(request))
     span = _tracer.start_span(
         f"celery.run {task.name}", context=parent, kind=SpanKind.CONSUMER,
         attributes=attributes, links=links,
@@ -195,16 +278,39 @@ def _running(request):
     return consumer if isinstance(consumer, _Running) else None
 
 
-def _queue_time_ms(published_at):
-    """Milliseconds since PUBLISHED_AT, a time.time() value; None for anything else."""
-    # bool is an int, and JSON carries ints of any size: float(10**400) overflows.
-    if type(published_at) not in (int, float):
-        return None
+def _waiting_times(request):
+    """How long a countdown or eta held the message back, and how long it then waited for a
+    worker, in milliseconds: a countdown is a delay that was asked for, not queue time."""
+    published_at = _timestamp(_header(request, PUBLISHED_AT_HEADER))
+    due = _timestamp(request.eta)
+    times = {}
+    if published_at is not None and due is not None:
+        times["celery.scheduled_delay_ms"] = _milliseconds(max(0.0, due - published_at))
+    waiting_since = max((t for t in (published_at, due) if t is not None), default=None)
+    if waiting_since is not None:
+        times["celery.queue_time_ms"] = _milliseconds(max(0.0, time.time() - waiting_since))
+    return {name: value for name, value in times.items() if value is not None}
+
+
+def _timestamp(value):
+    """Seconds since the epoch from a time.time() number or an ISO 8601 eta; else None."""
     try:
-        waited_ms = (time.time() - float(published_at)) * 1000
-    except OverflowError:
+        if isinstance(value, str):  # Celery sends eta as ISO 8601 text
+            value = datetime.fromisoformat(value)
+        if isinstance(value, datetime):
+            value = value.timestamp()
+        # bool is an int, and JSON carries ints of any size: float(10**400) overflows.
+        if type(value) not in (int, float):
+            return None
+        value = float(value)
+    except (ValueError, OverflowError, OSError):
         return None
-    return max(0.0, waited_ms) if math.isfinite(waited_ms) else None
+    return value if math.isfinite(value) else None
+
+
+def _milliseconds(seconds):
+    milliseconds = seconds * 1000
+    return milliseconds if math.isfinite(milliseconds) else None
 
 
 def _end_consumer_span(task, state=None, **_):
