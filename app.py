@@ -14,9 +14,8 @@ from opentelemetry.trace import SpanKind
 from werkzeug.exceptions import HTTPException
 
 import orders_db
-from celery_signals import CALL_SITE_VARIANTS
 from inbound_trace_policy import InboundTracePolicy, link_to_caller
-from tasks import PROPAGATION, process_order
+from tasks import INJECTS_AT_CALL_SITE, process_order
 from tracing import setup_tracing
 
 MAX_QUANTITY = 1000
@@ -91,7 +90,7 @@ def validate_order(payload):
 
 
 def enqueue_order(order_id):
-    if PROPAGATION in CALL_SITE_VARIANTS:
+    if INJECTS_AT_CALL_SITE:
         # The call-site fix: inject the current context into this one message's headers.
         with tracer.start_as_current_span(
             f"celery.apply {process_order.name}", kind=SpanKind.PRODUCER

@@ -1,70 +1,40 @@
 """The Celery app and its tasks. Web and worker processes both import this module."""
 
 import os
-import tempfile
 from contextlib import closing
 
 from celery import Celery, signals
 from opentelemetry import trace
 
+import celery_signals
+import celeryconfig
 import orders_db
-from celery_signals import install
 from tracing import flush_tracing, setup_tracing
 
 WORKER_SERVICE_NAME = "orders-worker"
-# Web and worker must agree: both import this module.
+# What this deployment propagates; web and worker must agree, and both import this module.
+#   broken       nothing carries the trace context
+#   inject-only  the web app injects at its call site; the worker never extracts
+#   call-site    the web app injects at its call site; the worker extracts
+#   fixed        every publish injects (before_task_publish); the worker extracts
 PROPAGATION = os.environ.get("PROPAGATION", "fixed")
-# A prefix lets several deployments share one broker: the demo runs every variant at once.
-QUEUE_PREFIX = os.environ.get("QUEUE_PREFIX", "")
-ORDERS_QUEUE = QUEUE_PREFIX + "orders"
-EMAILS_QUEUE = QUEUE_PREFIX + "emails"
-
-
-def broker_settings(env=os.environ):
-    url = env.get("CELERY_BROKER_URL") or "filesystem://"
-    if not url.startswith("filesystem://"):
-        return {"broker_url": url}
-    # kombu's filesystem transport: the broker is a folder that producer and worker share,
-    # so the demo runs with no broker server at all.
-    folder = env.get("CELERY_BROKER_FOLDER") or os.path.join(tempfile.gettempdir(), "celery-broker")
-    os.makedirs(folder, exist_ok=True)
-    options = {
-        "data_folder_in": folder,
-        "data_folder_out": folder,
-        # Its exchange tables go to ./control unless told otherwise.
-        "control_folder": os.path.join(folder, "control"),
-        # Look for new messages every 0.1 s, not every second: a chain of tasks would
-        # otherwise wait a second at every step.
-        "polling_interval": 0.1,
-    }
-    return {
-        "broker_url": url,
-        "broker_transport": "filesystem_broker:Transport",
-        "broker_transport_options": options,
-    }
-
+# What celery_signals installs for each: the call-site injection is the web app's own.
+SIGNALS_VARIANT = {
+    "broken": "broken", "inject-only": "broken", "call-site": "call-site", "fixed": "fixed",
+}
+INJECTS_AT_CALL_SITE = PROPAGATION in ("inject-only", "call-site")
 
 celery_app = Celery("orders")
-celery_app.conf.update(
-    broker_settings(),
-    # JSON only: a pickle payload from anyone who can write to the broker runs code here.
-    task_serializer="json",
-    accept_content=["json"],
-    # The task reports its outcome in the orders table; no result backend to run.
-    task_ignore_result=True,
-    # A broker that is down must fail the request quickly, not hang it.
-    broker_connection_timeout=2,
-    task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
-    task_default_queue=ORDERS_QUEUE,
-    task_routes={"tasks.send_confirmation_email": {"queue": EMAILS_QUEUE}},
-    # Acknowledge after the task ran: a worker lost mid-task leaves the message to redeliver.
-    task_acks_late=True,
-    worker_prefetch_multiplier=1,
-)
-try:
-    install(PROPAGATION)
-except ValueError as error:
+celery_app.conf.update(celeryconfig.settings())
+if PROPAGATION not in SIGNALS_VARIANT:
     # Say what is wrong and stop, rather than a stack trace from deep in the worker's start.
+    raise SystemExit(
+        f"configuration error: PROPAGATION={PROPAGATION!r}: choose one of "
+        f"{', '.join(SIGNALS_VARIANT)}"
+    )
+try:
+    celery_signals.install(SIGNALS_VARIANT[PROPAGATION])
+except RuntimeError as error:
     raise SystemExit(f"configuration error: {error}") from None
 
 tracer = trace.get_tracer(__name__)

@@ -5,24 +5,21 @@ producer (benchmarks/redis_fill.py) imports them too, so both sides are traced t
 BENCH_VARIANT says how:
 
   broken, fixed  exactly as tasks.py installs them (PROPAGATION=broken or fixed).
-  untraced       the receivers tasks.py connected are disconnected again, and the benchmark
+  untraced       celery_signals.uninstall() undoes what tasks.py installed, and the benchmark
                  sets OTEL_SDK_DISABLED=true: the TracerProvider that tracing.py still creates
                  in the worker then hands out no-op tracers, so no span is recorded and its
                  exporter never has anything to send.
-  auto           the receivers tasks.py connected are disconnected, and the
-                 opentelemetry-instrumentation-celery package's are connected instead.
+  auto           celery_signals.uninstall(), then the opentelemetry-instrumentation-celery
+                 package's receivers instead.
 
 tasks.py calls install() when it is imported, which is before this module can run: undoing
 it here is the only way to get a worker of the same app without it.
 """
 
-import inspect
 import json
 import os
 import time
 from pathlib import Path
-
-from celery import signals
 
 import celery_signals
 from tasks import celery_app
@@ -30,21 +27,8 @@ from tasks import celery_app
 VARIANT = os.environ.get("BENCH_VARIANT", "fixed")
 
 
-def disconnect_manual_propagation():
-    # Every function defined in celery_signals, from every signal of Celery's: install() may
-    # connect any of them, and disconnecting a receiver a signal does not hold does nothing.
-    receivers = [
-        function for _, function in inspect.getmembers(celery_signals, inspect.isfunction)
-        if function.__module__ == celery_signals.__name__
-    ]
-    for signal in vars(signals).values():
-        if isinstance(signal, signals.Signal):
-            for receiver in receivers:
-                signal.disconnect(receiver)
-
-
 if VARIANT in ("untraced", "auto"):
-    disconnect_manual_propagation()
+    celery_signals.uninstall()
 if VARIANT == "auto":
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
 

@@ -1,6 +1,6 @@
 """Where a variant spends its time per task: benchmarks/inprocess.py sampled by py-spy.
 
-    python benchmarks/hotpaths.py --variant fixed
+    python -m benchmarks.hotpaths --variant fixed
 
 py-spy samples the process from outside, so it does not distort the code it measures (an
 in-process profiler that hooks every call inflates Celery's many small calls most). It needs
@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
 
 # A row counts the samples whose stack passes through its steps in order ("A > B": B called,
 # at any depth, from A), every path starting from the phase's root and Signal.send: Celery's
@@ -27,7 +27,8 @@ START_SPAN = "trace/__init__.py:Tracer.start_span"
 END_SPAN = "trace/__init__.py:Span.end"
 SPAN_ROWS = [  # (depth, label, path below Signal.send)
     (1, "Tracer.start_span", START_SPAN),
-    (2, "attributes (BoundedAttributes)", f"{START_SPAN} > attributes/__init__.py:BoundedAttributes.__init__"),
+    (2, "attributes (BoundedAttributes)",
+     f"{START_SPAN} > attributes/__init__.py:BoundedAttributes.__init__"),
     (2, "sampler (ParentBased)", f"{START_SPAN} > sampling.py:ParentBased.should_sample"),
     (1, "Span.end", END_SPAN),
     (2, "BatchSpanProcessor.on_end", f"{END_SPAN} > export/__init__.py:BatchSpanProcessor.on_end"),
@@ -59,10 +60,12 @@ def record(variant, batches, rate, deadline):
         output = Path(folder) / "samples.txt"
         command = [
             py_spy, "record", "--rate", str(rate), "--format", "raw", "--output", str(output),
-            "--", sys.executable, str(HERE / "inprocess.py"), "--variant", variant,
+            "--", sys.executable, "-m", "benchmarks.inprocess", "--variant", variant,
             "--batches", str(batches),
         ]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=deadline)
+        done = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=deadline
+        )
         if done.returncode != 0 or not output.exists():
             raise RuntimeError(f"py-spy failed:\n{done.stderr[-2000:]}")
         samples = []

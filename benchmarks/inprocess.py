@@ -1,6 +1,6 @@
 """Set-up 1: what one variant costs per task, in one process, with no worker and no network.
 
-    python benchmarks/inprocess.py --variant fixed --batches 8 --batch-size 250
+    python -m benchmarks.inprocess --variant fixed --batches 8 --batch-size 250
 
 The method (see "Measuring CPU per task without the noise" in the reference facts): publish N
 tasks with apply_async on kombu's memory:// transport inside one span while nothing consumes
@@ -21,23 +21,16 @@ import argparse
 import gc
 import json
 import os
-import sys
 import threading
 import time
-from pathlib import Path
 
-# The app's modules (celery_signals) live at the repository root, one level up.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from celery import Celery
+from celery.app.trace import build_tracer
+from opentelemetry import context, trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from celery import Celery  # noqa: E402
-from celery.app.trace import build_tracer  # noqa: E402
-from opentelemetry import context, trace  # noqa: E402
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import (  # noqa: E402
-    BatchSpanProcessor,
-    SpanExporter,
-    SpanExportResult,
-)
+import celeryconfig
 
 VARIANTS = ("untraced", "broken", "fixed", "auto")
 QUEUE = "benchmark"
@@ -45,15 +38,9 @@ HOSTNAME = "benchmark@localhost"
 WARM_UP_TASKS = 500
 DEADLINE = 60.0  # seconds any single wait may last
 
-# The same message settings as tasks.py; memory:// keeps messages in this process.
-app = Celery("benchmark", broker="memory://")
-app.conf.update(
-    task_serializer="json",
-    accept_content=["json"],
-    task_ignore_result=True,
-    task_acks_late=True,
-    task_default_queue=QUEUE,
-)
+# The example app's settings; memory:// keeps messages in this process.
+app = Celery("benchmark")
+app.conf.update(celeryconfig.settings({"CELERY_BROKER_URL": "memory://"}), task_default_queue=QUEUE)
 batch_done = threading.Event()
 
 

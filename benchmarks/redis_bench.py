@@ -1,6 +1,6 @@
 """Set-up 2: tasks per second, end to end, on Redis with prefork workers: all variants in turn.
 
-    python benchmarks/redis_bench.py --slots 10 --batch-size 600
+    python -m benchmarks.redis_bench --slots 10 --batch-size 600
 
 One worker per variant, each the repository's own (tasks.py, prefork, one pool process) with
 benchmarks/bench_tasks.py included, each exporting its spans over OTLP/HTTP to a trace sink
@@ -22,65 +22,58 @@ import argparse
 import importlib.util
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import uuid
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the app's modules live at the repository root
+from celery import Celery
 
-from celery import Celery  # noqa: E402
-
-from processes import check_alive, start_worker, stop_all  # noqa: E402
-from trace_sink import TraceSink, load_spans  # noqa: E402
+from harness.deployment import Deployment
+from harness.polling import poll_until
+from harness.processes import ROOT, stop_all
+from tracetools.sink import TraceSink
 
 VARIANTS = ("untraced", "broken", "fixed") + (
     ("auto",) if importlib.util.find_spec("opentelemetry.instrumentation.celery") else ())
 
 
-def variant_env(variant, redis_url, run_id, sink):
-    """The environment of one variant's worker and producer."""
+def deployment(variant, redis_url, sink, folder):
+    """One variant's worker: the example app with benchmarks/bench_tasks.py included."""
     env = {
-        "CELERY_BROKER_URL": redis_url,
-        # Queues of this run's own, on a broker that other runs (and the tests) may share.
-        "QUEUE_PREFIX": f"{run_id}-{variant}-",
-        # tasks.py installs PROPAGATION; bench_tasks.py undoes it for untraced and auto.
-        "PROPAGATION": "fixed" if variant == "fixed" else "broken",
         "BENCH_VARIANT": variant,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
-        # Tells the variants' spans apart in the one sink.
-        "OTEL_RESOURCE_ATTRIBUTES": f"bench.variant={variant},bench.role=worker",
+        # The SDK's own export schedule, as in production, not the tests' 100 ms.
+        "OTEL_BSP_SCHEDULE_DELAY": "5000",
     }
     if variant == "untraced":
         env["OTEL_SDK_DISABLED"] = "true"
-    return env
+    workdir = folder / variant
+    workdir.mkdir()
+    # tasks.py installs PROPAGATION; bench_tasks.py undoes it for untraced and auto.
+    bench = Deployment(sink, workdir, "fixed" if variant == "fixed" else "broken", redis_url,
+                       env=env)
+    bench.worker_args += [
+        "--include", "benchmarks.bench_tasks",
+        # Nothing to consume until told to: a queue that stays empty.
+        "--queues", bench.queue_prefix + "idle",
+        # No log line per task: it would cost more than the trivial task itself.
+        "--loglevel", "WARNING",
+    ]
+    return bench
 
 
-def wait_until(condition, deadline, what, workers=()):
-    give_up = time.monotonic() + deadline
-    while not condition():
-        for worker in workers:
-            check_alive(worker)  # a worker that died fails the run now, with its log
-        if time.monotonic() > give_up:
-            raise TimeoutError(f"{what}: not done after {deadline}s")
-        time.sleep(0.02)
-
-
-def fill(envs, queues, marks, batch_size, deadline):
+def fill(deployments, queues, marks, batch_size, deadline):
     """Run every variant's producer at once (nothing is timed yet); wait for them all."""
     producers = [
         subprocess.Popen(
-            [sys.executable, str(HERE / "redis_fill.py"), "--variant", variant,
+            [sys.executable, "-m", "benchmarks.redis_fill", "--variant", variant,
              "--batch-size", str(batch_size), "--marks", str(marks), *queues[variant]],
-            env={**os.environ, **env,
-                 "OTEL_RESOURCE_ATTRIBUTES": f"bench.variant={variant},bench.role=producer"},
-            cwd=HERE.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **deployment.env}, cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
-        for variant, env in envs.items()
+        for variant, deployment in deployments.items()
     ]
     try:
         for producer in producers:
@@ -104,65 +97,70 @@ def batch_figures(marks, queue, batch_size):
     }
 
 
-def worker_spans(db_path, variant):
-    return len(load_spans(db_path, **{"bench.variant": variant, "bench.role": "worker"}))
+def worker_spans(deployment):
+    return sum(span["service"] == "orders-worker" for span in deployment.spans())
 
 
-def measure(variants, slots, batch_size, redis_url, deadline, folder, run_id):
+def measure(variants, slots, batch_size, redis_url, deadline, folder):
     marks = folder / "marks"
     marks.mkdir()
     control = Celery(broker=redis_url).control  # remote control only: no tasks, no tracing
-    queues = {v: [f"{run_id}-{v}-slot{slot}" for slot in range(slots)] for v in variants}
-    nodes = {v: f"{v}-{run_id}@bench" for v in variants}
     results = {v: [] for v in variants}
     with TraceSink(str(folder / "spans.db")) as sink:
-        envs = {v: variant_env(v, redis_url, run_id, sink) for v in variants}
-        workers = {}
+        deployments = {v: deployment(v, redis_url, sink, folder) for v in variants}
+        queues = {
+            v: [f"{d.queue_prefix}slot{slot}" for slot in range(slots)]
+            for v, d in deployments.items()
+        }
+        nodes = {v: f"orders-{d.run_id}@{socket.gethostname()}" for v, d in deployments.items()}
         try:
-            for v in variants:
-                workers[v] = start_worker(envs[v], folder / f"{v}.log", extra_args=[
-                    "--include", "benchmarks.bench_tasks", "-n", nodes[v],
-                    # Nothing to consume until told to: a queue that stays empty.
-                    "-Q", f"{run_id}-{v}-idle",
-                    # No log line per task: it would cost more than the trivial task itself.
-                    "--loglevel", "WARNING",
-                ])
-            fill(envs, queues, marks, batch_size, deadline)  # while the workers start
-            wait_until(lambda: len(control.ping(list(nodes.values()), timeout=0.5))
-                       == len(variants), deadline, "every worker answering", workers.values())
+            for d in deployments.values():
+                d.start("worker")
+            fill(deployments, queues, marks, batch_size, deadline)  # while the workers start
+
+            def alive():
+                for d in deployments.values():
+                    d.check_alive()  # a worker that died fails the run now, with its log
+
+            poll_until(lambda: len(control.ping(list(nodes.values()), timeout=0.5))
+                       == len(variants), deadline, "every worker answering", check=alive,
+                       interval=0.02)
             for slot in range(slots):
                 for v in variants[slot % len(variants):] + variants[:slot % len(variants)]:
                     queue = queues[v][slot]
                     if not control.add_consumer(queue, destination=[nodes[v]], reply=True,
                                                 timeout=5):
                         raise TimeoutError(f"{nodes[v]} did not answer add_consumer in 5s")
-                    wait_until((marks / f"{queue}.end").exists, deadline, f"{v}'s batch",
-                               [workers[v]])
+                    poll_until((marks / f"{queue}.end").exists, deadline, f"{v}'s batch",
+                               check=deployments[v].check_alive, interval=0.02)
                     results[v].append(batch_figures(marks, queue, batch_size))
         finally:
-            stop_all(workers.values(), deadline=30.0)
+            stop_all((p for d in deployments.values() for p in d.processes()), deadline=30.0)
+            delete_keys(redis_url, [d.queue_prefix for d in deployments.values()])
         # Checks that each variant does what it says (no span untraced, one per task
         # otherwise) and that no span queue dropped any.
         tasks = slots * (batch_size + 2)
         summary = {}
-        for v in variants:
+        for v, d in deployments.items():
             expected = 0 if v == "untraced" else tasks
-            wait_until(lambda: worker_spans(sink.db_path, v) >= expected, deadline, f"{v}'s spans")
+            poll_until(lambda: worker_spans(d) >= expected, deadline, f"{v}'s spans")
             summary[v] = {
                 "tasks_per_second": statistics.median(s["tasks_per_second"] for s in results[v]),
                 "pool_cpu_us": statistics.median(s["pool_cpu_us"] for s in results[v]),
-                "worker_spans_per_task": worker_spans(sink.db_path, v) / tasks,
+                "worker_spans_per_task": worker_spans(d) / tasks,
                 "slots": results[v],
             }
     return summary
 
 
-def delete_keys(redis_url, run_id):
+def delete_keys(redis_url, prefixes):
+    """Delete the queues (and kombu's bindings of them) the run created."""
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(f"*{run_id}*"):
-        client.delete(key)
+    for prefix in prefixes:
+        for key in client.scan_iter(f"*{prefix}*"):
+            client.delete(key)
     client.close()
 
 
@@ -175,13 +173,9 @@ def main():
     parser.add_argument("--deadline", type=float, default=60.0, help="seconds for each wait")
     args = parser.parse_args()
 
-    run_id = f"bench-{uuid.uuid4().hex[:12]}"
-    try:
-        with tempfile.TemporaryDirectory(prefix="celery-bench-") as folder:
-            summary = measure(args.variants.split(","), args.slots, args.batch_size,
-                              args.redis_url, args.deadline, Path(folder), run_id)
-    finally:
-        delete_keys(args.redis_url, run_id)
+    with tempfile.TemporaryDirectory(prefix="celery-bench-") as folder:
+        summary = measure(args.variants.split(","), args.slots, args.batch_size,
+                          args.redis_url, args.deadline, Path(folder))
     print(json.dumps({"variants": summary}))
 
 

@@ -1,6 +1,6 @@
 """Queue the Redis benchmark's batches as one variant's producer (the web app) would.
 
-    python benchmarks/redis_fill.py --variant fixed --batch-size 600 --marks DIR QUEUE...
+    python -m benchmarks.redis_fill --variant fixed --batch-size 600 --marks DIR QUEUE...
 
 benchmarks/redis_bench.py runs this with the variant's environment (broker, PROPAGATION,
 BENCH_VARIANT, OTLP endpoint): install() connects receivers for the whole process, so each
@@ -10,16 +10,12 @@ trivial tasks, a mark task. The marks write their files into DIR, named after th
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-# The app's modules live at the repository root, one level up.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from opentelemetry import trace
 
-from opentelemetry import trace  # noqa: E402
-
-from benchmarks.bench_tasks import VARIANT, mark, noop  # noqa: E402 (tasks.py, then the variant)
-from tracing import flush_tracing, setup_tracing  # noqa: E402
+from benchmarks.bench_tasks import VARIANT, mark, noop  # tasks.py, then the variant
+from tracing import flush_tracing, setup_tracing
 
 
 def main():

@@ -1,8 +1,8 @@
 """What propagating the trace context costs per Celery task: every variant, side by side.
 
-    python benchmarks/run.py           # the whole benchmark, about 3 minutes on 2 cores
-    python benchmarks/run.py --json    # the same figures as JSON
-    python benchmarks/run.py --help    # task counts, rounds, what to skip
+    python -m benchmarks.run           # the whole benchmark, about 3 minutes on 2 cores
+    python -m benchmarks.run --json    # the same figures as JSON
+    python -m benchmarks.run --help    # task counts, rounds, what to skip
 
 install() connects signal receivers for the whole process, so every measurement runs in a
 process of its own: benchmarks/inprocess.py runs one variant, benchmarks/redis_bench.py starts a
@@ -22,10 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-import hotpaths
+from benchmarks import hotpaths
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = Path(__file__).resolve().parent.parent
 
 # The auto-instrumentation is only a reference row, and only if requirements-bench.txt is
 # installed. The app never imports it.
@@ -57,10 +56,10 @@ def busy_cpu_seconds():
     return machine, ours
 
 
-def run_script(script, deadline, *args):
-    """Run benchmarks/SCRIPT in a fresh interpreter; return the JSON object it prints, plus
+def run_script(module, deadline, *args):
+    """Run benchmarks.MODULE in a fresh interpreter; return the JSON object it prints, plus
     how many CPUs other processes kept busy meanwhile."""
-    command = [sys.executable, str(HERE / script), *map(str, args)]
+    command = [sys.executable, "-m", f"benchmarks.{module}", *map(str, args)]
     started, (machine, ours) = time.monotonic(), busy_cpu_seconds()
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=deadline)
@@ -109,7 +108,9 @@ def evaluate(inprocess, redis, memory):
     targets = []
     fixed, broken, untraced = (inprocess[v]["total_us"] for v in ("fixed", "broken", "untraced"))
     propagation = fixed - broken
-    publish, run = (inprocess["fixed"][k] - inprocess["broken"][k] for k in ("publish_us", "run_us"))
+    publish, run = (
+        inprocess["fixed"][k] - inprocess["broken"][k] for k in ("publish_us", "run_us")
+    )
     targets.append(target(
         f"propagation itself (fixed - broken) <= {TARGET_PROPAGATION_US:g} µs per task",
         propagation <= TARGET_PROPAGATION_US,
@@ -176,8 +177,9 @@ def print_report(report, args):
     print("Celery trace propagation: what it costs per task")
     print("  " + ", ".join(f"{name} {version}" for name, version in env.items()))
     busy = run["other_processes_cpus"]
+    noisy = ": expect noise, rerun on a quiet machine" if busy > BUSY_CPUS else ""
     print(f"  {run['seconds']:.0f} s; other processes (redis-server included) kept {busy:.2f} of "
-          f"{env['cpus']} CPUs busy" + (": expect noise, rerun on a quiet machine" if busy > BUSY_CPUS else ""))
+          f"{env['cpus']} CPUs busy{noisy}")
 
     inprocess = report["inprocess"]
     print(f"""
@@ -207,18 +209,22 @@ def print_report(report, args):
    inject, queue-time header); run {run_:+.1f} µs, where both start a CONSUMER span and fixed
    also extracts the context and reads its headers.""")
     if round_trip:
-        print(f"""   round trip: CPU µs per task with a threaded solo worker consuming {args.round_trip_tasks} tasks on
+        print(f"""   round trip: CPU µs per task with a threaded solo worker consuming \
+{args.round_trip_tasks} tasks on
    memory:// as they are published: a whole worker's work, noisier, for scale only.""")
     spread = [r["reference_ms"] for runs in inprocess.values() for r in runs["rounds"]]
-    print(f"""   A fixed loop, timed in every process, took {min(spread):.2f} to {max(spread):.2f} ms: this VM has spells at
+    print(f"""   A fixed loop, timed in every process, took {min(spread):.2f} to \
+{max(spread):.2f} ms: this VM has spells at
    half speed, and a spread over ~15% means some rounds ran in one.""")
 
     redis = report["redis"]
     if redis:
         print(f"""
 2. End to end on Redis: one worker per variant (tasks.py, prefork, 1 pool process) exporting
-   over OTLP/HTTP to the trace sink. {args.redis_slots} slots; in each, the variants take turns running a
-   batch of {args.redis_batch} trivial tasks queued beforehand. Medians over the slots; "vs untraced" is
+   over OTLP/HTTP to the trace sink. {args.redis_slots} slots; in each, the variants take turns \
+running a
+   batch of {args.redis_batch} trivial tasks queued beforehand. Medians over the slots; \
+"vs untraced" is
    the median of slot-by-slot ratios (batches a second apart meet the same machine).
    Other processes kept {redis['other_cpus']:.2f} CPUs busy meanwhile.
 """)
@@ -239,15 +245,16 @@ def print_report(report, args):
         attached = "YES" if memory["context_left_attached"] else "no"
         print(f"""
 3. Memory: fixed, {memory['memory_tasks']:,} tasks published and run through build_tracer after a
-   warm-up: RSS {memory['rss_growth_mb']:+.2f} MB (from {memory['rss_before_mb']:.1f} MB), live Python objects \
-{memory['objects_growth']:+d},
+   warm-up: RSS {memory['rss_growth_mb']:+.2f} MB (from {memory['rss_before_mb']:.1f} MB), \
+live Python objects {memory['objects_growth']:+d},
    context left attached: {attached}, requests left pushed: {memory['requests_left_pushed']}.""")
 
     profile = report["profile"]
     if profile:
         print(f"""
 4. Where fixed spends its time: py-spy sampling benchmarks/inprocess.py from outside
-   ({args.profile_batches} batches of 250 tasks). Share of each phase; µs = that share of the phase's median
+   ({args.profile_batches} batches of 250 tasks). Share of each phase; µs = that share of the \
+phase's median
    in table 1.""")
         for phase, rows in profile.items():
             print(f"\n   {phase} ({inprocess['fixed'][f'{phase}_us']:.1f} µs)")
@@ -284,7 +291,7 @@ def main():
     started, (machine_before, ours_before) = time.monotonic(), busy_cpu_seconds()
     inprocess = medians(
         rounds(args.rounds, "in process", lambda variant: run_script(
-            "inprocess.py", args.deadline, "--variant", variant, "--batches", args.batches,
+            "inprocess", args.deadline, "--variant", variant, "--batches", args.batches,
             "--batch-size", args.batch_size, "--round-trip", args.round_trip_tasks)),
         ("publish_us", "run_us", "round_trip_us", "spans_per_task", "reference_ms"),
     )
@@ -293,13 +300,13 @@ def main():
     redis = {}
     if args.redis_slots:
         progress(f"Redis: {args.redis_slots} slots of {args.redis_batch} tasks per variant")
-        redis = run_script("redis_bench.py", args.deadline * 3, "--variants", ",".join(VARIANTS),
+        redis = run_script("redis_bench", args.deadline * 3, "--variants", ",".join(VARIANTS),
                            "--slots", args.redis_slots, "--batch-size", args.redis_batch,
                            "--redis-url", args.redis_url)
     memory = {}
     if args.memory_tasks:
         progress(f"memory: {args.memory_tasks:,} tasks, fixed")
-        memory = run_script("inprocess.py", args.deadline, "--variant", "fixed",
+        memory = run_script("inprocess", args.deadline, "--variant", "fixed",
                             "--memory", args.memory_tasks)
     profile = {}
     if args.profile_batches:

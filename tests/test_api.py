@@ -1,13 +1,9 @@
 """The web API: bad input gets a clear JSON error, a dead broker a 503 and no stray order."""
 
-import json
-import urllib.error
-import urllib.request
-
 import pytest
 
 import orders_db
-from processes import start_web, stop
+from harness.deployment import Deployment
 
 
 @pytest.fixture
@@ -51,27 +47,13 @@ def test_unknown_order_and_wrong_method_get_json_errors(client):
 @pytest.mark.parametrize(
     "broker_url", ["redis://127.0.0.1:1/0", "amqp://guest:guest@127.0.0.1:1//"]
 )
-def test_a_dead_broker_gets_503_and_leaves_no_order(tmp_path, sink, figures, broker_url):
-    database = tmp_path / "orders.db"
-    env = {
-        "CELERY_BROKER_URL": broker_url,
-        "ORDERS_DB": str(database),
-        "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
-    }
-    web, base_url = start_web(env, tmp_path / "web.log")
+def test_a_dead_broker_gets_503_and_leaves_no_order(sink, tmp_path, figures, broker_url):
+    deployment = Deployment(sink, tmp_path, "fixed", broker_url).start("web")
     try:
-        request = urllib.request.Request(
-            f"{base_url}/orders", data=b'{"item": "book", "quantity": 1}',
-            headers={"Content-Type": "application/json"},
-        )
-        with pytest.raises(urllib.error.HTTPError) as failure:
-            urllib.request.urlopen(request, timeout=15)
-        assert failure.value.code == 503
-        assert json.load(failure.value) == {
-            "error": "the task queue is unavailable; try again later"
-        }
+        status, body = deployment.post("/orders", {"item": "book", "quantity": 1})
     finally:
-        stop(web)
-    db = orders_db.connect(str(database))
+        deployment.stop()
+    assert (status, body) == (503, {"error": "the task queue is unavailable; try again later"})
+    db = orders_db.connect(deployment.env["ORDERS_DB"])
     assert db.execute("SELECT COUNT(*) FROM orders").fetchone()[0] == 0
     figures["broker down when an order is posted"] = "503 with a JSON error, no order left behind"

@@ -4,8 +4,9 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT
 from traces import PUBLISH, REQUEST, RUN, assert_edges, assert_orphaned, complete, names, one
+
+from harness.processes import ROOT
 
 
 def test_task_prerun_sends_no_headers_but_the_request_carries_them():

@@ -2,7 +2,7 @@
 
 import time
 
-from processes import start, stop, wait_until_ready
+from harness.processes import start, stop, wait_until_ready
 
 TRACE_ID = "5b8efff798038103d269b633813fc60c"
 TRACEPARENT = f"00-{TRACE_ID}-eee19b7ec3c1b174-01"
@@ -16,7 +16,7 @@ def runs_arrived(spans):
 
 def test_beat_tasks_start_fresh_traces_and_inherit_none(deploy, tmp_path):
     deployment = deploy(
-        "fixed", "redis", web=False, pool="threads",
+        "fixed", "redis", parts=["worker"], pool="threads",
         worker_args=["--include", "tests.matrix_tasks"],
         env={"MATRIX_RESULTS_FOLDER": str(tmp_path)},
     )

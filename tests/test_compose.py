@@ -5,9 +5,8 @@ import re
 
 import pytest
 import yaml
-from conftest import ROOT
 
-from processes import WEB_ARGS, worker_args
+from harness.processes import ROOT, WEB_ARGS, worker_args
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,9 @@
 import subprocess
 import sys
 
-from conftest import ROOT
 from kombu import Connection, Exchange, Queue
+
+from harness.processes import ROOT
 
 PRODUCERS = 4
 MESSAGES = 300
@@ -17,7 +18,7 @@ from kombu import Connection, Exchange, Queue
 folder, number, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 options = {"data_folder_in": folder, "data_folder_out": folder,
            "control_folder": folder + "/control"}
-transport = "filesystem_broker:Transport"
+transport = "harness.filesystem_broker:Transport"
 with Connection("filesystem://", transport=transport, transport_options=options) as conn:
     exchange = Exchange("work", type="direct")
     Queue(f"own-{number}", exchange, routing_key=f"own-{number}")(conn.default_channel).declare()
@@ -33,7 +34,7 @@ def test_concurrent_producers_never_hand_a_consumer_a_partial_message(tmp_path):
         "control_folder": str(tmp_path / "control"), "polling_interval": 0.01,
     }
     with Connection(
-        "filesystem://", transport="filesystem_broker:Transport", transport_options=options
+        "filesystem://", transport="harness.filesystem_broker:Transport", transport_options=options
     ) as conn:
         queue = Queue("shared", Exchange("work", type="direct"), routing_key="shared")
         queue(conn.default_channel).declare()

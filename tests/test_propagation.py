@@ -3,10 +3,18 @@
 import time
 
 import pytest
-
 from traces import (
-    CONNECTED_EDGES, EMAIL_PUBLISH, EMAIL_RUN, PUBLISH, REQUEST, RUN, TASK_EDGES,
-    assert_edges, assert_orphaned, complete, names,
+    CONNECTED_EDGES,
+    EMAIL_PUBLISH,
+    EMAIL_RUN,
+    PUBLISH,
+    REQUEST,
+    RUN,
+    TASK_EDGES,
+    assert_edges,
+    assert_orphaned,
+    complete,
+    names,
 )
 
 BROKERS = ["filesystem", "redis"]

@@ -48,3 +48,12 @@ def complete(spans):
     reach the sink in a later export than they do: wait for it before checking edges."""
     ids = {span["span_id"] for span in spans}
     return all(span["parent_id"] is None or span["parent_id"] in ids for span in spans)
+
+
+def spans_named(spans, name):
+    """Every span called NAME, oldest first."""
+    return sorted((s for s in spans if s["name"] == name), key=lambda s: s["start_ns"])
+
+
+def count(spans, name):
+    return sum(span["name"] == name for span in spans)

@@ -1,6 +1,6 @@
 """A tiny OTLP/HTTP trace receiver that keeps spans in SQLite: a tracing backend for laptops.
 
-Run it on its own (python trace_sink.py --db spans.db) and point any OpenTelemetry SDK at
+Run it on its own (python -m tracetools.sink --db spans.db) and point any OpenTelemetry SDK at
 it with OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318, or start it in-process with
 TraceSink. Only what this tutorial needs: traces, protobuf, optional gzip.
 """
@@ -10,7 +10,6 @@ import gzip
 import json
 import sqlite3
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from google.protobuf.message import DecodeError
@@ -21,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+BUSY_TIMEOUT_SECONDS = 30
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
@@ -80,12 +80,21 @@ def _rows(export_request):
                 )
 
 
+def _connect(db_path, **options):
+    # Every process's exporter writes here while tests, viewer and doctor read: wait for a
+    # lock rather than fail with "database is locked".
+    return sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_SECONDS, **options)
+
+
 def load_spans(db_path, **resource_filter):
     """The stored spans, oldest first; keep those whose resource has every given attribute."""
-    with sqlite3.connect(db_path) as db:
-        db.execute(SCHEMA)
+    # Read-only: a reader never takes the write lock that the sink's writer needs.
+    db = _connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
         db.row_factory = sqlite3.Row
         rows = db.execute("SELECT * FROM spans ORDER BY start_ns").fetchall()
+    finally:
+        db.close()
     spans = []
     for row in rows:
         span = dict(row)
@@ -96,32 +105,20 @@ def load_spans(db_path, **resource_filter):
     return spans
 
 
-def wait_for_spans(db_path, ready, deadline, check=None, **resource_filter):
-    """Poll the stored spans until ready(spans) is true; TimeoutError after DEADLINE seconds.
-
-    check() runs on every poll: let it raise when a process the spans depend on has died.
-    """
-    give_up = time.monotonic() + deadline
-    while True:
-        if check:
-            check()
-        spans = load_spans(db_path, **resource_filter)
-        if ready(spans):
-            return spans
-        if time.monotonic() > give_up:
-            names = sorted(span["name"] for span in spans)
-            raise TimeoutError(f"spans still incomplete after {deadline}s: {names}")
-        time.sleep(0.1)
-
-
 class TraceSink:
     """An OTLP/HTTP receiver on 127.0.0.1, serving from a background thread."""
 
     def __init__(self, db_path, port=0):
         self.db_path = db_path
         self._lock = threading.Lock()
-        with sqlite3.connect(db_path) as db:
+        db = _connect(db_path)
+        try:
+            # Write-ahead logging: readers see the last commit and never block the writer.
+            db.execute("PRAGMA journal_mode=WAL")
             db.execute(SCHEMA)
+            db.commit()
+        finally:
+            db.close()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -151,8 +148,13 @@ class TraceSink:
         export_request.ParseFromString(body)
         rows = list(_rows(export_request))
         # One writer at a time: the exporter of every process posts here concurrently.
-        with self._lock, sqlite3.connect(self.db_path) as db:
-            db.executemany(f"INSERT INTO spans VALUES ({', '.join('?' * 12)})", rows)
+        with self._lock:
+            db = _connect(self.db_path)
+            try:
+                with db:
+                    db.executemany(f"INSERT INTO spans VALUES ({', '.join('?' * 12)})", rows)
+            finally:
+                db.close()
 
     def _handler_class(self):
         sink = self

@@ -1,6 +1,6 @@
 """Publish every scenario of the matrix, each from inside a span `scenario <name>`.
 
-Run from the repository root as `python -m tests.publish_scenarios NAME...`, with the
+Run from the repository root as `python -m tests.matrix_publish NAME...`, with the
 same environment as the worker: it is a producer process like the web app.
 """
 

@@ -3,7 +3,7 @@
 The demo's broker is a folder, so that it runs with no server at all. kombu 5.7 creates
 each file first and locks or writes it afterwards, and another process can read the file
 in between: an empty message, or an empty exchange table, and the worker dies on a
-JSONDecodeError. This transport closes both gaps.
+JSONDecodeError. This transport closes both gaps, and creates its folders itself.
 """
 
 import os
@@ -17,6 +17,13 @@ from kombu.utils.json import dumps
 
 
 class Channel(filesystem.Channel):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Whoever comes first, producer or worker, makes the folders: kombu's own transport
+        # fails on a folder that does not exist yet.
+        for folder in (self.data_folder_in, self.data_folder_out):
+            os.makedirs(folder, exist_ok=True)
+
     def _put(self, queue, payload, **kwargs):
         # kombu's own naming: the time first, so that workers take messages in order.
         name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"

@@ -6,10 +6,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from harness.polling import poll_until, port_answers
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # --without-mingle/-gossip/-heartbeat: kombu's filesystem transport has no broadcast
 # exchange for them, and the demo needs none of them on Redis either.
@@ -35,7 +36,7 @@ def start(args, env, log_path):
     log = open(log_path, "wb")
     # A session of its own, so that stop() can reach a prefork worker's children too.
     process = subprocess.Popen(
-        [sys.executable, *args], cwd=HERE, env={**os.environ, **env},
+        [sys.executable, *args], cwd=ROOT, env={**os.environ, **env},
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
@@ -54,32 +55,22 @@ def start_worker(env, log_path, pool="prefork", concurrency=1, extra_args=()):
 
 def wait_until_ready(worker, deadline=30.0):
     """Wait for the worker to consume: broadcasts (revoke) sent before then are lost."""
-    give_up = time.monotonic() + deadline
-    while " ready." not in Path(worker.log_path).read_text(errors="replace"):
-        check_alive(worker)
-        if time.monotonic() > give_up:
-            raise ProcessFailed(f"worker not ready after {deadline}s\n{log_tail(worker)}")
-        time.sleep(0.05)
+    _wait_for(worker, lambda: " ready." in log_text(worker), deadline, "worker ready")
 
 
 def start_web(env, log_path, deadline=20.0):
     """Start the web app on a free port; return (process, base URL) once it accepts."""
     port = free_port()
     process = start(WEB_ARGS, {**env, "FLASK_RUN_PORT": str(port)}, log_path)
-    wait_for_port(process, port, deadline)
+    _wait_for(process, lambda: port_answers(port, timeout=0.2), deadline, f"listening on {port}")
     return process, f"http://127.0.0.1:{port}"
 
 
-def wait_for_port(process, port, deadline):
-    give_up = time.monotonic() + deadline
-    while time.monotonic() < give_up:
-        check_alive(process)
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise ProcessFailed(f"nothing listened on port {port} after {deadline}s\n{log_tail(process)}")
+def _wait_for(process, condition, deadline, what):
+    try:
+        poll_until(condition, deadline, what, check=lambda: check_alive(process), interval=0.05)
+    except TimeoutError as error:
+        raise ProcessFailed(f"{error}\n{log_tail(process)}") from None
 
 
 def check_alive(process):
@@ -87,9 +78,12 @@ def check_alive(process):
         raise ProcessFailed(f"process exited with code {process.returncode}\n{log_tail(process)}")
 
 
+def log_text(process):
+    return Path(process.log_path).read_text(errors="replace")
+
+
 def log_tail(process, lines=30):
-    text = Path(process.log_path).read_text(errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
+    return "\n".join(log_text(process).splitlines()[-lines:])
 
 
 def stop(process, deadline=15.0):

@@ -3,7 +3,7 @@
 import argparse
 from collections import defaultdict
 
-from trace_sink import load_spans
+from tracetools.sink import load_spans
 
 REQUEST_SPAN_KIND = "SERVER"
 CONSUMER_SPAN_KIND = "CONSUMER"
@@ -58,7 +58,7 @@ def describe(counts):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("db", help="the SQLite file trace_sink.py writes")
+    parser.add_argument("db", help="the SQLite file tracetools.sink writes")
     args = parser.parse_args()
     spans = load_spans(args.db)
     print(render(spans))

@@ -1,0 +1,71 @@
+"""A broker that restarts under a running worker: it reconnects by itself and loses no task."""
+
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from harness.polling import poll_until, port_answers
+from harness.processes import free_port, wait_until_ready
+
+
+class PrivateRedis:
+    """A Redis of this test's own, that it can stop and start again on the same port. The
+    append-only file keeps what was queued across the restart, as production Redis should."""
+
+    def __init__(self, folder):
+        self.port, self.folder = free_port(), folder
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        subprocess.run(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--daemonize",
+             "yes", "--dir", str(self.folder), "--appendonly", "yes", "--save", ""],
+            check=True, capture_output=True, timeout=10,
+        )
+        poll_until(lambda: port_answers(self.port), 30, "private Redis started")
+
+    def stop(self):
+        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown"], capture_output=True,
+                       timeout=10)
+        poll_until(lambda: not port_answers(self.port), 30, "private Redis stopped")
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    redis = PrivateRedis(tmp_path)
+    redis.start()
+    yield redis
+    redis.stop()
+
+
+def count_work(spans, prefix):
+    return sum(span["name"].startswith(f"work {prefix}-") for span in spans)
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs the redis-server program")
+def test_the_worker_reconnects_after_a_broker_restart_and_loses_no_task(
+    started, private_redis, tmp_path, figures
+):
+    deployment = started(
+        broker=private_redis.url, worker_args=["--include", "tests.matrix_tasks"],
+        env={"MATRIX_RESULTS_FOLDER": str(tmp_path)},
+    )
+    wait_until_ready(deployment.workers[0])
+    since = time.time_ns()
+    for number in range(10):
+        deployment.send_task("matrix.work", [f"before-{number}"])
+    deployment.wait_for_spans(lambda spans: count_work(spans, "before") == 10, since)
+    private_redis.stop()
+    private_redis.start()
+    # Nobody tells the worker: it has to notice, reconnect, and take these.
+    for number in range(10):
+        deployment.send_task("matrix.work", [f"after-{number}"])
+    spans = deployment.wait_for_spans(
+        lambda spans: count_work(spans, "after") == 10, since, deadline=60
+    )
+    assert count_work(spans, "before") == count_work(spans, "after") == 10
+    figures["broker restarted under a running worker"] = (
+        "reconnected by itself; 20 of 20 tasks published before and after it ran"
+    )
