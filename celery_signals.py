@@ -252,6 +252,13 @@ def _start_consumer_span(task, parent, links=()):
         "celery.task.name": task.name,
         "celery.attempt": (request.retries or 0) + 1,
     }
+    # The task that published this one, if any: a chain step, callback or retry has one. A
+    # consumer span with no producer span tells a republish that lost the context (the
+    # parent is set) from a producer that never sent it (no parent).
+    for attribute, task_id in (("celery.parent_task_id", request.parent_id),
+                               ("celery.root_task_id", request.root_id)):
+        if isinstance(task_id, str):
+            attributes[attribute] = task_id
     attributes.update(_waiting_times(request))
     span = _tracer.start_span(
         f"celery.run {task.name}", context=parent, kind=SpanKind.CONSUMER,
