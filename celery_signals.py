@@ -6,16 +6,20 @@ around it, so it can be copied into any Celery project.
 """
 
 import functools
+import logging
 import math
 import sys
 import time
+import weakref
 from contextvars import ContextVar
 from datetime import datetime
 from typing import NamedTuple
 
 from celery import Celery, signals
+from celery.app.task import Context as TaskRequest
+from celery.exceptions import Reject
 from opentelemetry import context, trace
-from opentelemetry.propagate import extract, inject
+from opentelemetry.propagate import extract, get_global_textmap, inject
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -42,6 +46,8 @@ _tracer = trace.get_tracer(__name__)  # install() may give it a provider of its 
 # in the same thread (or greenlet) around one message: a ContextVar keeps concurrent
 # publishes in other threads apart.
 _publish_span = ContextVar("celery_publish_span", default=None)
+# Task id -> the worker's Request for it, in the worker's main process; see _remember_received.
+_received = weakref.WeakValueDictionary()
 
 
 class _Installed(NamedTuple):
@@ -76,6 +82,7 @@ def install(variant="fixed", tracer_provider=None):
     receivers = [
         (signals.task_prerun, _start_new_trace if variant == "broken" else _continue_trace),
         (signals.task_postrun, _end_consumer_span),
+        (signals.task_received, _remember_received),
         (signals.task_failure, _record_failure),
         (signals.task_retry, _record_retry),
         (signals.task_revoked, _record_revoked),
@@ -112,17 +119,41 @@ def uninstall():
     return variant
 
 
-def _refuse_beside_auto_instrumentation():
+_BESIDE_AUTO_INSTRUMENTATION = (
+    "CeleryInstrumentor is active in this process: keep it or celery_signals, not both. "
+    "To keep celery_signals, leave celery out of the auto-instrumentation "
+    "(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=celery for opentelemetry-instrument)."
+)
+
+
+def _auto_instrumented():
     # opentelemetry-instrumentation-celery connects the same signals: with both, every
-    # message is injected twice and every task gets two consumer spans. Look only if the
-    # package is loaded already: this module must not import it.
+    # message is injected twice and every task gets two consumer spans, and the two detach
+    # each other's contexts. Look only if the package is loaded: this module must not load it.
     module = sys.modules.get("opentelemetry.instrumentation.celery")
-    if module is not None and module.CeleryInstrumentor().is_instrumented_by_opentelemetry:
-        raise RuntimeError(
-            "CeleryInstrumentor is active in this process: keep it or celery_signals, not "
-            "both. To keep celery_signals, leave celery out of the auto-instrumentation "
-            "(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=celery for opentelemetry-instrument)."
-        )
+    return module is not None and module.CeleryInstrumentor().is_instrumented_by_opentelemetry
+
+
+def _refuse_beside_auto_instrumentation():
+    if _auto_instrumented():
+        raise RuntimeError(_BESIDE_AUTO_INSTRUMENTATION)
+
+
+def _standing_aside():
+    """True once CeleryInstrumentor is active: it then records publishes and runs alone."""
+    # Instrumented after install() (the article does it in worker_process_init): a receiver
+    # cannot refuse, since Celery only logs what receivers raise. Ours step back, and say so.
+    global _stood_aside
+    if not _auto_instrumented():
+        return False
+    if not _stood_aside:
+        _stood_aside = True
+        _log.error("%s Meanwhile celery_signals records nothing.", _BESIDE_AUTO_INSTRUMENTATION)
+    return True
+
+
+_stood_aside = False
+_log = logging.getLogger(__name__)
 
 
 def _ending_failed_publish(send_task):
@@ -137,7 +168,9 @@ def _ending_failed_publish(send_task):
     return send_task_ending_failed_publish
 
 
-def _start_publish_span(sender, headers, routing_key=None, **_):
+def _start_publish_span(sender, headers, body=None, routing_key=None, **_):
+    if _standing_aside():
+        return
     # sender is the task *name* here: the producer may not have the task registered.
     span = _tracer.start_span(
         f"celery.apply {sender}",
@@ -146,14 +179,21 @@ def _start_publish_span(sender, headers, routing_key=None, **_):
             "messaging.system": "celery",
             "messaging.operation.type": "send",
             "messaging.destination.name": routing_key or "",
-            "messaging.message.id": headers.get("id", ""),
+            "messaging.message.id": _message_id(headers, body),
             "celery.task.name": sender,
         },
     )
     # Injecting here rather than at the call site also covers the messages Celery publishes
     # itself: chain steps, link callbacks and errbacks, retries, chord bodies. Those are
     # published while the parent task's context is attached, so the trace carries on.
-    inject(headers, context=trace.set_span_in_context(span))
+    if span.get_span_context().is_valid:
+        # The propagator's fields (traceparent, tracestate, baggage) must say what this
+        # context holds and nothing else: another library may have written its own there
+        # (Sentry puts its baggage in), which the worker would take for ours. A process
+        # with no tracer provider has no context to send: it leaves the headers as given.
+        for field in get_global_textmap().fields:
+            headers.pop(field, None)
+        inject(headers, context=trace.set_span_in_context(span))
     headers[PUBLISHED_AT_HEADER] = time.time()
     if headers.get("retries"):
         # self.retry() publishes from inside the attempt that failed, so the current span
@@ -161,6 +201,14 @@ def _start_publish_span(sender, headers, routing_key=None, **_):
         failed = trace.get_current_span().get_span_context()
         headers[PREVIOUS_ATTEMPT_HEADER] = f"00-{failed.trace_id:032x}-{failed.span_id:016x}-01"
     _publish_span.set(span)
+
+
+def _message_id(headers, body):
+    # Task protocol 2 (the default) carries the task id in the headers; protocol 1, still
+    # supported (task_protocol = 1), only in the body.
+    if "id" in headers:
+        return headers["id"]
+    return body.get("id", "") if isinstance(body, dict) else ""
 
 
 def _end_publish_span(error=None, **_):
@@ -220,7 +268,14 @@ def _previous_attempt(request):
 def _continue_trace(task, **_):
     # task_prerun has no headers argument: a receiver declared with headers=None always sees
     # None. The context travels on the task request instead.
-    request = task.request
+    if _standing_aside():
+        return
+    parent, links = _producer_context(task.request)
+    _start_consumer_span(task, parent, links)
+
+
+def _producer_context(request):
+    """The parent context and the links of the spans that record REQUEST's run."""
     parent = extract(request, getter=_getter)
     if request.is_eager and not _span_context(parent).is_valid:
         # Eager mode (task_always_eager, task.apply()) publishes nothing, so there was no
@@ -233,10 +288,12 @@ def _continue_trace(task, **_):
         # The caller asked for a new trace: start a root that links back to the producer.
         links += _link_to(_span_context(parent))
         parent = context.Context()
-    _start_consumer_span(task, parent, links)
+    return parent, links
 
 
 def _start_new_trace(task, **_):
+    if _standing_aside():
+        return
     # An empty parent, not the current context: whatever is current in a worker between
     # tasks belongs to no request.
     _start_consumer_span(task, context.Context())
@@ -244,22 +301,7 @@ def _start_new_trace(task, **_):
 
 def _start_consumer_span(task, parent, links=()):
     request = task.request
-    attributes = {
-        "messaging.system": "celery",
-        "messaging.operation.type": "process",
-        "messaging.destination.name": (request.delivery_info or {}).get("routing_key") or "",
-        "messaging.message.id": request.id,
-        "celery.task.name": task.name,
-        "celery.attempt": (request.retries or 0) + 1,
-    }
-    # The task that published this one, if any: a chain step, callback or retry has one. A
-    # consumer span with no producer span tells a republish that lost the context (the
-    # parent is set) from a producer that never sent it (no parent).
-    for attribute, task_id in (("celery.parent_task_id", request.parent_id),
-                               ("celery.root_task_id", request.root_id)):
-        if isinstance(task_id, str):
-            attributes[attribute] = task_id
-    attributes.update(_waiting_times(request))
+    attributes = {**_consumer_attributes(request, task.name), **_waiting_times(request)}
     span = _tracer.start_span(
         f"celery.run {task.name}", context=parent, kind=SpanKind.CONSUMER,
         attributes=attributes, links=links,
@@ -269,6 +311,25 @@ def _start_consumer_span(task, parent, links=()):
     # gevent and eventlet pools run many tasks at once in one process.
     token = context.attach(trace.set_span_in_context(span, parent))
     request.otel_consumer = _Running(span, token)
+
+
+def _consumer_attributes(request, task_name):
+    attributes = {
+        "messaging.system": "celery",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": (request.delivery_info or {}).get("routing_key") or "",
+        "messaging.message.id": request.id,
+        "celery.task.name": task_name,
+        "celery.attempt": (request.retries or 0) + 1,
+    }
+    # The task that published this one, if any: a chain step, callback or retry has one. A
+    # consumer span with no producer span tells a republish that lost the context (the
+    # parent is set) from a producer that never sent it (no parent).
+    for attribute, task_id in (("celery.parent_task_id", request.parent_id),
+                               ("celery.root_task_id", request.root_id)):
+        if isinstance(task_id, str):
+            attributes[attribute] = task_id
+    return attributes
 
 
 class _Running(NamedTuple):
@@ -320,7 +381,7 @@ def _milliseconds(seconds):
     return milliseconds if math.isfinite(milliseconds) else None
 
 
-def _end_consumer_span(task, state=None, **_):
+def _end_consumer_span(task, state=None, retval=None, **_):
     # task_postrun is sent from a finally block, so success, failure and retry all end here
     # and the next task on this worker never inherits this one's context.
     consumer = _running(task.request)
@@ -329,8 +390,23 @@ def _end_consumer_span(task, state=None, **_):
     span, token = consumer
     task.request.otel_consumer = None
     span.set_attribute("celery.state", state or "UNKNOWN")
+    if isinstance(retval, Reject) and not retval.requeue:
+        # The task rejected its message for good: this span is the failure's record, and
+        # the main process's task_failure that follows adds none (_record_failure).
+        _mark_failed(span, retval)
     span.end()
     context.detach(token)
+
+
+def _remember_received(request, **_):
+    # task_received: sent in the worker's main process for every message it accepts, with
+    # the worker's Request. Some failures are reported from here later, with nothing but the
+    # task id (_record_failure): the Request is where the producer's context then is.
+    # A weak reference: the entry goes as soon as the worker lets go of the Request, once
+    # it is done with the task. So this holds no more tasks than the worker itself holds
+    # (its prefetched, running and eta-scheduled ones), however many it has received; and
+    # a failure can only be reported for a task the worker still holds.
+    _received[request.id] = request
 
 
 def _record_failure(sender, exception, task_id=None, **_):
@@ -338,16 +414,27 @@ def _record_failure(sender, exception, task_id=None, **_):
     if consumer is not None:
         _mark_failed(consumer.span, exception)  # task_postrun ends the span
         return
-    # Reported by the worker's main process, outside the run: a hard time limit killed the
-    # pool process, and its consumer span with it. Celery passes no headers here, so this
-    # record cannot join the trace; the message id ties it to the task.
+    # Reported by the worker's main process, outside the run: a hard time limit or a lost
+    # pool process (both took the run span with them), a message the worker cannot use,
+    # or a reject.
+    if isinstance(exception, Reject):
+        return  # the run span recorded it when it ended (_end_consumer_span)
+    received = _received.get(task_id)
+    if received is None:
+        request = TaskRequest(id=task_id)  # no message to read: a record with the id alone
+    elif getattr(received, "otel_failure_recorded", False):
+        return  # Celery 5.7 sends task_failure twice for one hard time limit
+    else:
+        received.otel_failure_recorded = True
+        # What the pool process would have built from the same message headers.
+        request = TaskRequest(received.request_dict)
+    if _installed.variant == "broken":
+        parent, links = context.Context(), []
+    else:
+        parent, links = _producer_context(request)
     span = _tracer.start_span(
-        f"celery.failed {sender.name}", context=context.Context(), kind=SpanKind.CONSUMER,
-        attributes={
-            "messaging.system": "celery",
-            "messaging.message.id": task_id or "",
-            "celery.task.name": sender.name,
-        },
+        f"celery.failed {sender.name}", context=parent, kind=SpanKind.CONSUMER,
+        attributes=_consumer_attributes(request, sender.name), links=links,
     )
     _mark_failed(span, exception)
     span.end()
@@ -369,14 +456,10 @@ def _record_revoked(sender, request, terminated=False, expired=False, **_):
     # producer's trace, so the trace shows where the work stopped. Nothing is attached, so
     # no context can leak into the next task.
     reason = "expired" if expired else "terminated" if terminated else "revoked"
-    remote = extract(request, getter=_getter)
+    parent, links = _producer_context(request)
     span = _tracer.start_span(
-        f"celery.revoked {sender.name}", context=remote, kind=SpanKind.CONSUMER,
-        attributes={
-            "messaging.system": "celery",
-            "messaging.message.id": getattr(request, "id", "") or "",
-            "celery.task.name": sender.name,
-            "celery.revoked.reason": reason,
-        },
+        f"celery.revoked {sender.name}", context=parent, kind=SpanKind.CONSUMER,
+        attributes={**_consumer_attributes(request, sender.name), "celery.revoked.reason": reason},
+        links=links,
     )
     span.end()

@@ -4,6 +4,7 @@ Run from the repository root as `python -m tests.matrix_publish NAME...`, with t
 same environment as the worker: it is a producer process like the web app.
 """
 
+import os
 import sys
 from datetime import datetime, timedelta, timezone
 
@@ -72,6 +73,8 @@ def revoke_before_start(result):
     celery_app.control.revoke(result.id)
 
 if __name__ == "__main__":
+    # Task protocol 1 is still supported: its task id travels in the body, not the headers.
+    celery_app.conf.task_protocol = int(os.environ.get("TASK_PROTOCOL", "2"))
     setup_tracing("publisher")
     tracer = trace.get_tracer(__name__)
     for name in sys.argv[1:] or PUBLISH:

@@ -5,9 +5,10 @@ Workers load them with `--include tests.matrix_tasks`. Every task opens a span n
 """
 
 import os
+import signal
 import time
 
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 from opentelemetry import trace
 from opentelemetry.propagate import inject
 
@@ -86,3 +87,16 @@ def overrun(label):
 @celery_app.task(name="matrix.never_runs")
 def never_runs(label):
     raise Ignore()
+
+
+@celery_app.task(name="matrix.reject")
+def reject(label):
+    _work(label)
+    raise Reject("rejected on purpose", requeue=False)
+
+
+# The worker lost: without reject_on_worker_lost, Celery fails the task and acknowledges it.
+@celery_app.task(name="matrix.lost", reject_on_worker_lost=False)
+def lost(label):
+    _work(label)
+    os.kill(os.getpid(), signal.SIGKILL)
