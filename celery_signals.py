@@ -414,6 +414,8 @@ def _record_failure(sender, exception, task_id=None, **_):
     if consumer is not None:
         _mark_failed(consumer.span, exception)  # task_postrun ends the span
         return
+    if _standing_aside():
+        return  # CeleryInstrumentor records the failures of the runs it records
     # Reported by the worker's main process, outside the run: a hard time limit or a lost
     # pool process (both took the run span with them), a message the worker cannot use,
     # or a reject.

@@ -72,12 +72,17 @@ def revoke_before_start(result):
     # sees it, so nothing could record it.)
     celery_app.control.revoke(result.id)
 
-if __name__ == "__main__":
+
+def main(names):
     # Task protocol 1 is still supported: its task id travels in the body, not the headers.
     celery_app.conf.task_protocol = int(os.environ.get("TASK_PROTOCOL", "2"))
     setup_tracing("publisher")
     tracer = trace.get_tracer(__name__)
-    for name in sys.argv[1:] or PUBLISH:
+    for name in names or PUBLISH:
         with tracer.start_as_current_span(f"scenario {name}"):
             PUBLISH[name](call_site_headers())
     flush_tracing()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

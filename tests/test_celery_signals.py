@@ -166,3 +166,22 @@ def test_a_failed_publish_ends_its_producer_span_with_the_error(install, tracer,
     for span in (failed, published):
         assert span.parent.span_id == request.get_span_context().span_id
     assert published.status.status_code == StatusCode.UNSET
+
+
+def published_headers(queue):
+    """The headers of the next message waiting in QUEUE on the in-process broker."""
+    with app.connection_for_read() as connection:
+        message = connection.default_channel.basic_get(queue, no_ack=True)
+    return message.headers
+
+
+def test_a_message_carries_this_process_context_and_no_one_elses(install, tracer):
+    # Another library may write trace headers of its own first: Sentry puts its baggage
+    # there. The worker must not take it for the baggage of our context.
+    install("fixed")
+    foreign = {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01", "baggage": "sentry-trace_id=ab"}
+    with tracer.start_as_current_span("request") as request:
+        add.apply_async((1,), headers=foreign, queue="foreign-headers")
+    headers = published_headers("foreign-headers")
+    assert headers["traceparent"].split("-")[1] == f"{request.get_span_context().trace_id:032x}"
+    assert "baggage" not in headers

@@ -11,8 +11,13 @@ import random
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from traces import count, spans_named
 
 from harness.polling import poll_until
@@ -175,3 +180,42 @@ def test_what_the_main_process_remembers_stays_bounded(started, tmp_path, figure
         figures["what the worker's main process remembers per task"] = (
             f"{PROBE_TASKS:,} tasks: at most {max(remembered)} requests remembered at once"
         )
+
+
+def self_signed(folder, name):
+    """A key and a self-signed certificate, NAME.key and NAME.pem in FOLDER."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (folder / f"{name}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ))
+    (folder / f"{name}.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def test_a_message_the_worker_cannot_decode_leaves_no_orphan(started, tmp_path):
+    # Signed by a producer whose certificate the worker does not trust. Celery 5.7 fails to
+    # decode it before any task signal (no task_received, no task_failure), logs it and
+    # drops it: there is no run to record, and nothing may start a trace of its own.
+    for name in ("worker", "producer"):
+        self_signed(tmp_path, name)
+    worker = started(
+        worker_args=["--include", "tests.matrix_tasks,tests.signed_worker"],
+        env={"MATRIX_RESULTS_FOLDER": str(tmp_path), "SIGNING_FOLDER": str(tmp_path)},
+    )
+    wait_until_ready(worker.workers[0])
+    since = time.time_ns()
+    subprocess.run(
+        [sys.executable, "-m", "tests.signed_publish"], cwd=ROOT, check=True, timeout=60,
+        env={**os.environ, **worker.env, "TRACEPARENT": producer_headers()[2]["traceparent"]},
+    )
+    poll_until(lambda: "Unknown certificate" in worker.worker_log(), 30, "the worker refuses it")
+    worker.stop()
+    assert worker.spans(since) == []

@@ -4,19 +4,16 @@ All cells run at once (a cell mostly waits on its broker), then each test reads 
 The README's table is generated from these results: UPDATE_README=1 rewrites it.
 """
 
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import readme_blocks
 from brokers import require
-from matrix_scenarios import CALL_SITE, SCENARIOS, expected_names, outcome, render_table
-from traces import complete, names, spans_named
+from matrix_cells import run_cell
+from matrix_scenarios import CALL_SITE, SCENARIOS, outcome, render_table
+from traces import spans_named
 
-from harness.deployment import Deployment, broker_problem
-from harness.processes import ROOT, wait_until_ready
+from harness.deployment import broker_problem
 
 BROKERS = ["filesystem", "redis", "rabbitmq"]
 POOLS = ["prefork", "solo", "threads", "gevent", "eventlet"]
@@ -24,38 +21,6 @@ POOLS = ["prefork", "solo", "threads", "gevent", "eventlet"]
 CELLS = [("fixed", broker, pool) for broker in BROKERS for pool in POOLS] + [
     ("call-site", broker, "prefork") for broker in BROKERS
 ]
-# Threads and green threads run several tasks at once in one process: the test that
-# context stays with its own task.
-CONCURRENCY = {"prefork": 2, "solo": 1, "threads": 4, "gevent": 4, "eventlet": 4}
-CELL_DEADLINE = 60.0
-EXTRA_SCENARIOS = ["new_trace"]
-
-
-def run_cell(sink, workdir, variant, broker, pool):
-    """Start a worker, publish every scenario, return the spans once all have arrived."""
-    results_folder = workdir / "results"
-    results_folder.mkdir(parents=True)
-    deployment = Deployment(
-        sink, workdir, variant, broker, pool=pool, concurrency=CONCURRENCY[pool],
-        worker_args=["--include", "tests.matrix_tasks"],
-        env={"MATRIX_RESULTS_FOLDER": str(results_folder)},
-    ).start("worker")
-    try:
-        # The revoke scenario is a broadcast, which only workers already listening get.
-        wait_until_ready(deployment.workers[0])
-        subprocess.run(
-            [sys.executable, "-m", "tests.matrix_publish", *SCENARIOS, *EXTRA_SCENARIOS],
-            cwd=ROOT, env={**os.environ, **deployment.env}, check=True, timeout=60,
-            capture_output=True,
-        )
-        wanted = set().union(*map(expected_names, SCENARIOS), {"work new-trace"})
-        return deployment.wait_for_spans(
-            lambda spans: wanted <= names(spans) and complete(spans), deadline=CELL_DEADLINE
-        )
-    finally:
-        deployment.stop()
-
-
 @pytest.fixture(scope="session")
 def matrix(sink, tmp_path_factory):
     """{cell: spans, or the exception that stopped the cell}; skipped brokers are absent."""
