@@ -4,6 +4,7 @@ All cells run at once (a cell mostly waits on its broker), then each test reads 
 The README's table is generated from these results: UPDATE_README=1 rewrites it.
 """
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -21,10 +22,16 @@ POOLS = ["prefork", "solo", "threads", "gevent", "eventlet"]
 CELLS = [("fixed", broker, pool) for broker in BROKERS for pool in POOLS] + [
     ("call-site", broker, "prefork") for broker in BROKERS
 ]
+# MATRIX_CELLS=fixed:redis:prefork,... runs those cells alone (tests/test_versions.py does,
+# in every Celery release's virtualenv).
+SELECTED = [tuple(cell.split(":")) for cell in os.environ.get("MATRIX_CELLS", "").split(",")
+            if cell]
+
+
 @pytest.fixture(scope="session")
 def matrix(sink, tmp_path_factory):
     """{cell: spans, or the exception that stopped the cell}; skipped brokers are absent."""
-    cells = [cell for cell in CELLS if not broker_problem(cell[1])]
+    cells = [cell for cell in SELECTED or CELLS if not broker_problem(cell[1])]
 
     def run(cell):
         try:
@@ -38,6 +45,8 @@ def matrix(sink, tmp_path_factory):
 
 
 def cell_spans(matrix, cell):
+    if SELECTED and cell not in SELECTED:
+        pytest.skip("not in MATRIX_CELLS")
     require(cell[1])
     spans = matrix[cell]
     if isinstance(spans, Exception):
@@ -119,7 +128,7 @@ def test_the_new_trace_header_starts_a_linked_trace_instead(matrix):
 
 @pytest.mark.readme_table
 def test_the_readme_table_is_the_one_this_run_produced(matrix):
-    if len(matrix) < len(CELLS):
+    if SELECTED or len(matrix) < len(CELLS):
         pytest.skip("some brokers did not answer: the table needs every cell")
     results = {cell: outcomes(cell_spans(matrix, cell)) for cell in CELLS}
     # A run whose cells broke their expectations fails above; it must not rewrite the table.
