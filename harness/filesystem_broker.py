@@ -9,7 +9,7 @@ JSONDecodeError. This transport closes both gaps, and creates its folders itself
 import os
 import uuid
 from contextlib import contextmanager
-from time import monotonic
+from time import monotonic_ns
 
 from kombu.transport import filesystem
 from kombu.utils.encoding import str_to_bytes
@@ -25,8 +25,10 @@ class Channel(filesystem.Channel):
             os.makedirs(folder, exist_ok=True)
 
     def _put(self, queue, payload, **kwargs):
-        # kombu's own naming: the time first, so that workers take messages in order.
-        name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
+        # kombu's naming, the time first so that workers take messages in the order they
+        # came (names are sorted as text), but in nanoseconds and padded: at kombu's
+        # milliseconds, two messages of one millisecond went in the order of random uuids.
+        name = f"{monotonic_ns():020d}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         # Workers read only names that end in ".<queue>.msg", and a rename within one
         # folder is atomic: they see the whole message or none of it.
