@@ -93,11 +93,15 @@ def enqueue_order(order_id):
     if INJECTS_AT_CALL_SITE:
         # The call-site fix: inject the current context into this one message's headers.
         with tracer.start_as_current_span(
-            f"celery.apply {process_order.name}", kind=SpanKind.PRODUCER
-        ):
+            f"celery.apply {process_order.name}", kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "celery", "celery.task.name": process_order.name},
+        ) as span:
             headers = {}
             inject(headers)
-            process_order.apply_async((order_id,), headers=headers)
+            result = process_order.apply_async((order_id,), headers=headers)
+            # The task id, as celery_signals records it: the doctor joins producer to consumer
+            # by it.
+            span.set_attribute("messaging.message.id", result.id)
     else:
         # broken: nothing carries the context. fixed: before_task_publish injects it.
         process_order.delay(order_id)

@@ -2,7 +2,8 @@
 
 Run it on its own (python -m tracetools.sink --db spans.db) and point any OpenTelemetry SDK at
 it with OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318, or start it in-process with
-TraceSink. Only what this tutorial needs: traces, protobuf, optional gzip.
+TraceSink. Only what this tutorial needs: traces, protobuf, optional gzip. With --otlp-json FILE
+it also appends every export to FILE as OTLP JSON lines, as the Collector's file exporter does.
 """
 
 import argparse
@@ -18,6 +19,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from tracetools import otlp_json
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 BUSY_TIMEOUT_SECONDS = 30
@@ -108,8 +111,9 @@ def load_spans(db_path, **resource_filter):
 class TraceSink:
     """An OTLP/HTTP receiver on 127.0.0.1, serving from a background thread."""
 
-    def __init__(self, db_path, port=0):
+    def __init__(self, db_path, port=0, otlp_json_path=None):
         self.db_path = db_path
+        self.otlp_json_path = otlp_json_path
         self._lock = threading.Lock()
         db = _connect(db_path)
         try:
@@ -149,6 +153,10 @@ class TraceSink:
         rows = list(_rows(export_request))
         # One writer at a time: the exporter of every process posts here concurrently.
         with self._lock:
+            if self.otlp_json_path:
+                # Before the SQLite commit: whoever sees the spans there finds their line whole.
+                with open(self.otlp_json_path, "a", encoding="utf-8") as lines:
+                    lines.write(json.dumps(otlp_json.encode(export_request)) + "\n")
             db = _connect(self.db_path)
             try:
                 with db:
@@ -192,9 +200,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", default="spans.db", help="SQLite file to keep spans in")
     parser.add_argument("--port", type=int, default=4318)
+    parser.add_argument("--otlp-json", metavar="FILE",
+                        help="also append every export to FILE, as OTLP JSON lines")
     args = parser.parse_args()
-    sink = TraceSink(args.db, args.port)
-    print(f"receiving OTLP/HTTP traces on {sink.endpoint}, storing them in {args.db}")
+    sink = TraceSink(args.db, args.port, otlp_json_path=args.otlp_json)
+    also = f" and in {args.otlp_json}" if args.otlp_json else ""
+    print(f"receiving OTLP/HTTP traces on {sink.endpoint}, storing them in {args.db}{also}")
     try:
         sink.serve_forever()
     except KeyboardInterrupt:

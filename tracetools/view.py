@@ -3,10 +3,8 @@
 import argparse
 from collections import defaultdict
 
+from tracetools.doctor import diagnose
 from tracetools.sink import load_spans
-
-REQUEST_SPAN_KIND = "SERVER"
-CONSUMER_SPAN_KIND = "CONSUMER"
 
 
 def render(spans):
@@ -38,13 +36,13 @@ def render(spans):
 
 
 def verdict(spans):
-    """How many traces the spans form, and how many consumer spans left the request's trace."""
-    request_traces = {s["trace_id"] for s in spans if s["kind"] == REQUEST_SPAN_KIND}
-    consumers = [s for s in spans if s["kind"] == CONSUMER_SPAN_KIND]
+    """How many traces the spans form, and how many Celery spans the doctor finds orphaned:
+    one judgement of connectedness, whoever asks."""
+    diagnosis = diagnose(spans)
     return {
-        "traces": len({s["trace_id"] for s in spans}),
-        "orphans": sum(1 for s in consumers if s["trace_id"] not in request_traces),
-        "spans": len(spans),
+        "traces": diagnosis["traces"],
+        "orphans": len(diagnosis["orphans"]),
+        "spans": diagnosis["spans"],
     }
 
 

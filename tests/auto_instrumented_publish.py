@@ -1,0 +1,21 @@
+"""Publish N auto.work tasks with opentelemetry-instrumentation-celery, from inside a span.
+
+Run from the repository root as `python -m tests.auto_instrumented_publish N`, with the
+worker's environment: a producer process like the web app.
+"""
+
+import sys
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+from tests.auto_instrumented_app import work
+from tracing import flush_tracing, setup_tracing
+
+if __name__ == "__main__":
+    setup_tracing("auto-producer")
+    CeleryInstrumentor().instrument()
+    with trace.get_tracer(__name__).start_as_current_span("publish"):
+        for number in range(int(sys.argv[1])):
+            work.delay(str(number))
+    flush_tracing()
