@@ -35,10 +35,10 @@ def render(spans):
     return "\n".join(lines)
 
 
-def verdict(spans):
+def verdict(spans, worker_services=()):
     """How many traces the spans form, and how many Celery spans the doctor finds orphaned:
-    one judgement of connectedness, whoever asks."""
-    diagnosis = diagnose(spans)
+    one judgement of connectedness, whoever asks (see tracetools.doctor.diagnose)."""
+    diagnosis = diagnose(spans, worker_services)
     return {
         "traces": diagnosis["traces"],
         "orphans": len(diagnosis["orphans"]),
