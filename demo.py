@@ -1,8 +1,11 @@
 """See the bug and the fix: one order per propagation variant, and the traces it leaves.
 
 Starts an embedded trace sink, then for each variant an orders worker (prefork), an email
-worker and the web app, posts one order, and prints the trace trees. No Redis, Docker or
-tracing backend needed: the broker is a folder (kombu's filesystem transport) unless
+worker and the web app, posts one order, and prints each trace as a timeline: per span its
+service, start, duration and a bar, with the spans cut off from the request's trace marked
+orphaned. --html FILE also draws the variants side by side as waterfalls. The variants run
+at the same time; what they are doing goes to stderr, the traces to stdout. No Redis, Docker
+or tracing backend needed: the broker is a folder (kombu's filesystem transport) unless
 CELERY_BROKER_URL is set.
 """
 
@@ -17,14 +20,22 @@ from pathlib import Path
 
 from harness.deployment import Deployment
 from harness.processes import ProcessFailed
+from tracetools import waterfall
 from tracetools.sink import TraceSink
 from tracetools.view import describe, render, verdict
 
+# What each variant does with the trace context, and what its traces show.
 STORIES = {
-    "broken": "process_order.delay(): nothing carries the trace context",
-    "inject-only": "the web app injects the context, the worker never extracts it",
+    "broken": "every process records spans, nothing carries the trace context",
+    "inject-only": "the web app injects the context, the workers never extract it",
     "call-site": "injected where the web app enqueues, extracted in task_prerun",
     "fixed": "injected in before_task_publish, extracted in task_prerun",
+}
+OUTCOMES = {
+    "broken": "both workers' spans start traces of their own: 3 traces",
+    "inject-only": "the context reaches the orders worker, unread: still 3 traces",
+    "call-site": "the orders worker joins; the email task, sent with .delay(), is lost",
+    "fixed": "one trace, from the request to the email worker",
 }
 VARIANTS = list(STORIES)
 SPANS_DEADLINE = 30.0
@@ -53,38 +64,67 @@ def run_variant(variant, workdir, sink, cancelled):
             lambda spans: any(s["name"] == "render_email" for s in spans),
             deadline=SPANS_DEADLINE, check=still_wanted,
         )
+        progress(f"{variant}: the order went through; stopping the processes (a few "
+                 "seconds: each sends its last spans as it exits)")
     finally:
         deployment.stop()
     # Every process flushed on its way out: now every span is in.
     return deployment.spans()
 
 
+def run_variants(variants):
+    """{variant: the spans of one order} for each of VARIANTS, run side by side."""
+    cancelled = threading.Event()
+    with tempfile.TemporaryDirectory(prefix="celery-trace-demo-") as tmp, \
+            TraceSink(os.path.join(tmp, "spans.db")) as sink, \
+            ThreadPoolExecutor(len(variants)) as pool:
+        # The variants run side by side, each on queues of its own: a worker takes seconds
+        # to shut down, and one after the other they would keep you waiting.
+        runs = [pool.submit(run_variant, v, Path(tmp, v), sink, cancelled) for v in variants]
+        try:
+            return {variant: run.result() for variant, run in zip(variants, runs)}
+        except BaseException:
+            cancelled.set()  # the other runs stop their processes and end early
+            raise
+
+
+def write_page(path, spans):
+    """The waterfalls of SPANS ({variant: spans}), side by side, as an HTML page at PATH."""
+    shown = " vs ".join(spans) if len(spans) == 2 else ", ".join(spans)
+    waterfall.write(path, [(v, STORIES[v], spans[v]) for v in spans],
+                    title=f"One order, traced: {shown}")
+
+
+def epilog():
+    lines = ["variants: what carries the trace context, and what you will see"]
+    for variant, story in STORIES.items():
+        lines += [f"  {variant:<12} {story}", f"  {'':<12} -> {OUTCOMES[variant]}"]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="variants:\n" + "\n".join(f"  {v:<12} {story}" for v, story in STORIES.items()),
+        epilog=epilog(),
     )
-    parser.add_argument("--json", action="store_true", help="print the verdicts as one JSON object")
+    parser.add_argument(
+        "--json", action="store_true",
+        help="print only the verdicts (traces, orphaned spans, spans), as one JSON object",
+    )
     parser.add_argument(
         "--variants", nargs="+", choices=VARIANTS, default=VARIANTS, metavar="VARIANT",
         help="which variants to run, side by side (default: all four, see below)",
     )
+    parser.add_argument(
+        "--html", metavar="FILE",
+        help="also write the traces to FILE as waterfalls, the variants side by side: one "
+             "HTML page that needs nothing else, for any browser",
+    )
     args = parser.parse_args(argv)
-    cancelled = threading.Event()
+    if args.html and not Path(args.html).resolve().parent.is_dir():
+        parser.error(f"--html {args.html}: no folder {Path(args.html).resolve().parent}")
     try:
-        with tempfile.TemporaryDirectory(prefix="celery-trace-demo-") as tmp, \
-                TraceSink(os.path.join(tmp, "spans.db")) as sink, \
-                ThreadPoolExecutor(len(args.variants)) as pool:
-            # The variants run side by side, each on queues of its own: a worker takes
-            # seconds to shut down, and one after the other they would keep you waiting.
-            runs = [
-                pool.submit(run_variant, v, Path(tmp, v), sink, cancelled) for v in args.variants
-            ]
-            try:
-                spans = {variant: run.result() for variant, run in zip(args.variants, runs)}
-            except BaseException:
-                cancelled.set()  # the other runs stop their processes and end early
-                raise
+        spans = run_variants(args.variants)
     except KeyboardInterrupt:
         progress("interrupted: every process the demo started has been stopped")
         return 130
@@ -94,11 +134,18 @@ def main(argv=None):
     results = {variant: verdict(spans[variant]) for variant in args.variants}
     if args.json:
         print(json.dumps(results))
-        return 0
-    for variant in args.variants:
-        print(f"== {variant}: {STORIES[variant]}")
-        print(render(spans[variant]))
-        print(f"verdict: {describe(results[variant])}\n")
+    else:
+        for variant in args.variants:
+            print(f"== {variant}: {STORIES[variant]}")
+            print(render(spans[variant]))
+            print(f"verdict: {describe(results[variant])}\n")
+    if args.html:
+        try:
+            write_page(args.html, spans)
+        except OSError as error:
+            progress(f"demo failed: could not write {args.html}: {error}")
+            return 1
+        progress(f"wrote {args.html}: the waterfalls, side by side; open it in a browser")
     return 0
 
 

@@ -11,6 +11,7 @@ import sys
 import pytest
 import readme_blocks
 from brokers import require
+from traces import normalise
 
 from harness.processes import ROOT
 
@@ -31,13 +32,6 @@ def blocks(kind):
 @pytest.mark.parametrize("document, source, block", blocks("quote"))
 def test_quoted_code_is_in_its_source_file(document, source, block):
     assert block in (ROOT / source).read_text(), f"{document.name} quotes stale {source}"
-
-
-def normalise(text):
-    """Ids and durations change from run to run; the shape must not."""
-    text = re.sub(r"\b[0-9a-f]{32}\b", "<trace id>", text)
-    text = re.sub(r"\b\d+\.\d ms\b", "<ms>", text)
-    return [" ".join(line.split()) for line in text.strip().splitlines()]
 
 
 _outputs = {}

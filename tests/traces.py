@@ -1,6 +1,8 @@
 """The expected shape of each trace, declared once as parent → child edges by span name,
 and the checks that hold real spans to it."""
 
+import re
+
 REQUEST = "POST /orders"
 PUBLISH = "celery.apply tasks.process_order"
 RUN = "celery.run tasks.process_order"
@@ -57,3 +59,53 @@ def spans_named(spans, name):
 
 def count(spans, name):
     return sum(span["name"] == name for span in spans)
+
+
+# -- spans made by hand, and rendered traces -------------------------------------------
+
+MS = 1_000_000
+T0 = 1_700_000_000 * 1_000_000_000
+
+
+def made(name, span_id, trace_id, parent_id=None, start=0, end=1, service="orders-web",
+         kind="INTERNAL", status="UNSET"):
+    """A span made by hand, in the trace sink's shape; START and END in ms from T0."""
+    return {
+        "trace_id": trace_id * 32 if len(trace_id) == 1 else trace_id,
+        "span_id": span_id, "parent_id": parent_id, "name": name, "kind": kind,
+        "service": service, "start_ns": T0 + int(start * MS), "end_ns": T0 + int(end * MS),
+        "status": status, "attributes": {}, "resource": {"service.name": service},
+        "links": [],
+    }
+
+
+def connected(queued=40):
+    """The fixed variant's shape: request, publish, QUEUED ms in the queue, run."""
+    return [
+        made("POST /orders", "a1", "a", start=0, end=40),
+        made("celery.apply tasks.process_order", "a2", "a", "a1", 10, 20, kind="PRODUCER"),
+        made("celery.run tasks.process_order", "a3", "a", "a2", 20 + queued, 60 + queued,
+             service="orders-worker", kind="CONSUMER"),
+        made("charge_payment", "a4", "a", "a3", 30 + queued, 40 + queued,
+             service="orders-worker"),
+    ]
+
+
+def orphaned():
+    """The broken variant's shape: the worker's consumer span is a root of its own."""
+    return [
+        made("POST /orders", "b1", "b", start=0, end=40),
+        made("celery.run tasks.process_order", "c1", "c", start=60, end=100,
+             service="orders-worker", kind="CONSUMER"),
+        made("charge_payment", "c2", "c", "c1", 70, 80, service="orders-worker"),
+    ]
+
+
+def normalise(text):
+    """Ids, durations, start offsets and timeline bars change from run to run; the shape
+    (which spans, under which parent, in which service, marked how) must not."""
+    text = re.sub(r"\b[0-9a-f]{32}\b", "<trace id>", text)
+    text = re.sub(r"\b\d+\.\d ms\b", "<ms>", text)  # durations, and offsets: +<ms>
+    # A timeline bar (tracetools/view.py): 32 cells between pipes, filled, dotted or blank.
+    text = re.sub(r"\|[█· ]{32}\|", "|<bar>|", text)
+    return [" ".join(line.split()) for line in text.strip().splitlines()]

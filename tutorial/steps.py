@@ -102,8 +102,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="celery-trace-steps-") as folder:
         spans = run(args.step, Path(folder))
     print(f"step {args.step}: {STEPS[args.step]}")
-    print(render(spans))
     # The worker's own spans count too: without a consumer span, they are its roots.
+    print(render(spans, worker_services=["worker"]))
     print(f"verdict: {describe(verdict(spans, worker_services=['worker']))}")
     return 0
 
