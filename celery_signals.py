@@ -59,6 +59,9 @@ class _Installed(NamedTuple):
 
 
 _installed = None
+# Whether the receivers have stood aside for CeleryInstrumentor already; see _standing_aside.
+_stood_aside = False
+_log = logging.getLogger(__name__)
 
 
 def install(variant="fixed", tracer_provider=None):
@@ -151,9 +154,6 @@ def _standing_aside():
         _log.error("%s Meanwhile celery_signals records nothing.", _BESIDE_AUTO_INSTRUMENTATION)
     return True
 
-
-_stood_aside = False
-_log = logging.getLogger(__name__)
 
 
 def _ending_failed_publish(send_task):

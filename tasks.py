@@ -63,7 +63,8 @@ def send_confirmation_email(order_id):
 @signals.worker_init.connect(weak=False)
 def _trace_worker(**_):
     # Before the pool starts: prefork children inherit the provider (see tracing.py), and
-    # the main process can still record tasks it revokes before they reach a child.
+    # the main process can record what only it sees: tasks it revokes before they reach a
+    # child, a hard time limit, a pool process lost mid-task.
     setup_tracing(WORKER_SERVICE_NAME)
 
 
