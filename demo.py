@@ -21,6 +21,7 @@ from pathlib import Path
 from harness.deployment import Deployment
 from harness.processes import ProcessFailed
 from tracetools import waterfall
+from tracetools.doctor import examine, report
 from tracetools.sink import TraceSink
 from tracetools.view import describe, render, verdict
 
@@ -116,6 +117,10 @@ def main(argv=None):
         help="which variants to run, side by side (default: all four, see below)",
     )
     parser.add_argument(
+        "--doctor", action="store_true",
+        help="print what `python doctor.py` says of each variant's traces instead",
+    )
+    parser.add_argument(
         "--html", metavar="FILE",
         help="also write the traces to FILE as waterfalls, the variants side by side: one "
              "HTML page that needs nothing else, for any browser",
@@ -134,6 +139,10 @@ def main(argv=None):
     results = {variant: verdict(spans[variant]) for variant in args.variants}
     if args.json:
         print(json.dumps(results))
+    elif args.doctor:
+        for variant in args.variants:
+            print(f"== {variant}: {STORIES[variant]}")
+            print(f"{report(examine(spans[variant]))}\n")
     else:
         for variant in args.variants:
             print(f"== {variant}: {STORIES[variant]}")

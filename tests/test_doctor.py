@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from tracetools.doctor import CAUSES, assert_no_orphans, diagnose, examine, report
+from harness.processes import ROOT
+from tracetools.doctor import CAUSES, CHAPTER, assert_no_orphans, diagnose, examine, report
 
 _ids = itertools.count(1)
 OURS = {"messaging.system": "celery", "celery.task.name": "tasks.add"}
@@ -176,8 +177,13 @@ def test_the_report_puts_the_worst_cause_first_with_its_fix_and_chapter():
     text = report(examine(spans), now=0)
     headings = re.findall(r"^([a-z-]+): \d+ spans?", text, re.MULTILINE)
     assert headings == ["not-injected", "not-extracted", "parent-missing"]
-    assert "tutorial/03-the-fix-line-by-line.md" in text
+    assert CHAPTER["not-injected"] in text
     assert "fix: Inject the current context" in text
+
+
+def test_every_chapter_the_report_points_at_exists():
+    for chapter in CHAPTER.values():
+        assert (ROOT / chapter).is_file(), chapter
 
 
 def test_the_report_says_what_it_can_and_cannot_tell_of_unconsumed_messages():

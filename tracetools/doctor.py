@@ -68,10 +68,10 @@ FIX = {
 }
 CHAPTER = {
     "not-extracted": "tutorial/02-why-headers-never-arrive.md",
-    "republished-without-context": "tutorial/04-every-publish-path.md",
-    "not-injected": "tutorial/03-the-fix-line-by-line.md",
-    "parent-missing": "tutorial/06-in-production.md",
-    NEVER_CONSUMED: "tutorial/06-in-production.md",
+    "republished-without-context": "tutorial/05-every-publish-path.md",
+    "not-injected": "tutorial/03-build-the-fix-step-by-step.md",
+    "parent-missing": "tutorial/08-in-production.md",
+    NEVER_CONSUMED: "tutorial/08-in-production.md",
 }
 # How Celery spans are named: by this repository, then by opentelemetry-instrumentation-celery.
 NAME_PREFIXES = {
