@@ -17,6 +17,8 @@ from traces import (
     names,
 )
 
+from tracetools.doctor import assert_no_orphans
+
 BROKERS = ["filesystem", "redis"]
 
 
@@ -58,6 +60,8 @@ def test_call_site_connects_the_web_call_but_not_the_delay_inside_the_task(deplo
 def test_fixed_gives_one_trace_from_request_to_the_email_worker(deploy, broker):
     spans = order_spans(deploy("fixed", broker))
     assert_edges(spans, CONNECTED_EDGES)
+    # The doctor's check, as your own suite would call it: no orphan, nothing unconsumed.
+    assert_no_orphans(spans)
     assert len({span["trace_id"] for span in spans}) == 1
     services = {span["name"]: span["service"] for span in spans}
     assert (services[REQUEST], services[RUN], services[EMAIL_RUN]) == (

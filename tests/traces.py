@@ -105,6 +105,9 @@ def normalise(text):
     """Ids, durations, start offsets and timeline bars change from run to run; the shape
     (which spans, under which parent, in which service, marked how) must not."""
     text = re.sub(r"\b[0-9a-f]{32}\b", "<trace id>", text)
+    text = re.sub(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", "<task id>",
+                  text)
+    text = re.sub(r"\b\d+(\.\d)? (s|min|h|d) ago\b", "<age> ago", text)  # the doctor's report
     text = re.sub(r"\b\d+\.\d ms\b", "<ms>", text)  # durations, and offsets: +<ms>
     # A timeline bar (tracetools/view.py): 32 cells between pipes, filled, dotted or blank.
     text = re.sub(r"\|[█· ]{32}\|", "|<bar>|", text)
