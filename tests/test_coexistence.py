@@ -88,3 +88,31 @@ def test_celery_signals_stands_aside_when_the_instrumentor_arrives_later(started
     assert [s["name"] for s in consumers] == ["run/tasks.process_order"] * 3
     assert all((s["trace_id"], s["parent_id"]) == (trace_id, span_id) for s in consumers)
     assert deployment.worker_log().count("celery_signals records nothing") == 1
+
+
+def test_the_auto_instrumentation_without_celery_leaves_it_to_celery_signals(sink, tmp_path):
+    # The way to keep both: opentelemetry-instrument for everything else, celery_signals for
+    # Celery. The worker starts, and its tasks continue their producer's trace.
+    require("redis")
+    deployment = Deployment(sink, tmp_path, "fixed", "redis")
+    env = {**deployment.env, "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "celery"}
+    instrument = Path(sys.executable).parent / "opentelemetry-instrument"
+    deployment.workers.append(start(
+        [str(instrument), sys.executable,
+         *worker_args(extra_args=["--hostname", f"orders-{deployment.run_id}@%h"])],
+        env, tmp_path / "worker.log",
+    ))
+    try:
+        since = time.time_ns()
+        trace_id, span_id = f"{random.getrandbits(128):032x}", f"{random.getrandbits(64):016x}"
+        deployment.send_task("tasks.process_order", [10**9],
+                             headers={"traceparent": f"00-{trace_id}-{span_id}-01"})
+        spans = deployment.wait_for_spans(
+            lambda spans: any(s["kind"] == "CONSUMER" for s in spans), since
+        )
+    finally:
+        deployment.stop()
+    (run,) = [s for s in spans if s["kind"] == "CONSUMER"]
+    assert (run["name"], run["trace_id"], run["parent_id"]) == (
+        "celery.run tasks.process_order", trace_id, span_id
+    )
