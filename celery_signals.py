@@ -329,6 +329,10 @@ def _consumer_attributes(request, task_name):
                                ("celery.root_task_id", request.root_id)):
         if isinstance(task_id, str):
             attributes[attribute] = task_id
+    if (request.delivery_info or {}).get("redelivered"):
+        # Delivered before, to a worker that never acknowledged it (it died mid-task): this
+        # is not the first attempt, although the first left no span to say so.
+        attributes["celery.redelivered"] = True
     return attributes
 
 

@@ -4,6 +4,7 @@ Importing this module connects no signal and creates no file: tasks.py, the test
 benchmarks all take their settings from here.
 """
 
+import math
 import os
 import tempfile
 
@@ -18,6 +19,10 @@ def queue_names(env=os.environ):
 def broker_settings(env=os.environ):
     url = env.get("CELERY_BROKER_URL") or "filesystem://"
     if not url.startswith("filesystem://"):
+        visibility_timeout = env.get("CELERY_BROKER_VISIBILITY_TIMEOUT")
+        if visibility_timeout:
+            return {"broker_url": url,
+                    "broker_transport_options": visibility_options(visibility_timeout)}
         return {"broker_url": url}
     # kombu's filesystem transport: the broker is a folder that producer and worker share,
     # so the demo runs with no broker server at all.
@@ -38,6 +43,31 @@ def broker_settings(env=os.environ):
     }
 
 
+def visibility_options(seconds):
+    """Redis's transport options for a visibility timeout of SECONDS (text or a number).
+
+    Redis has no acknowledgements of its own: kombu keeps each message a worker took until
+    the worker acknowledges it, and hands it to another worker only after the visibility
+    timeout (an hour by default). Keep it above your longest task, countdown and eta: a
+    message held longer goes to a second worker while the first still has it.
+    """
+    try:
+        timeout = float(seconds)
+    except ValueError:
+        timeout = 0.0
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise ValueError(
+            f"CELERY_BROKER_VISIBILITY_TIMEOUT must be a number of seconds above 0, not {seconds!r}"
+        )
+    return {
+        "visibility_timeout": timeout,
+        # kombu looks for such messages every 10 x 10 s by default, so a short timeout would
+        # still mean waiting minutes: look ten times per timeout instead (one query to Redis).
+        "unacked_restore_interval": max(1.0, timeout / 10),
+        "unacked_restore_throttle": 1,
+    }
+
+
 def settings(env=os.environ):
     orders_queue, emails_queue = queue_names(env)
     return {
@@ -54,5 +84,11 @@ def settings(env=os.environ):
         "task_routes": {"tasks.send_confirmation_email": {"queue": emails_queue}},
         # Acknowledge after the task ran: a worker lost mid-task leaves the message to redeliver.
         "task_acks_late": True,
+        # A pool process killed mid-task (kill -9, the OOM killer): without this, Celery marks
+        # the task failed and acknowledges its message, and the order stays half done. With
+        # it, the message goes back to the queue and the task runs again, so tasks must be
+        # idempotent (orders_db.advance). A task that kills its process every time would
+        # come back for ever: watch for WorkerLostError in the worker's log.
+        "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
     }

@@ -56,11 +56,15 @@ def app_env(variant, sink_endpoint, workdir, broker, run_id, **extra):
 
 
 class Deployment:
-    """One variant's processes. BROKER is a name of BROKER_URLS or a broker URL."""
+    """One variant's processes. BROKER is a name of BROKER_URLS or a broker URL.
+
+    WEB_SERVER is "flask" (`python app.py`) or "gunicorn", with WEB_WORKERS processes and
+    PRELOAD (gunicorn's --preload), serving WEB_APP if given: see harness.processes.web_args."""
 
     def __init__(
         self, sink, workdir, variant="fixed", broker="filesystem",
         pool="prefork", concurrency=1, worker_args=(), env=None,
+        web_server="flask", web_workers=4, preload=False, web_app=None,
     ):
         self.sink = sink
         self.workdir = workdir
@@ -71,6 +75,9 @@ class Deployment:
         self.pool = pool
         self.concurrency = concurrency
         self.worker_args = list(worker_args)
+        self.web_options = {"server": web_server, "workers": web_workers, "preload": preload}
+        if web_app is not None:
+            self.web_options["app"] = web_app
         self.workers = []
         self.web = self.base_url = self._producer = None
 
@@ -96,7 +103,9 @@ class Deployment:
                             "--hostname", f"emails-{self.run_id}@%h"],
             ))
         if "web" in parts:
-            self.web, self.base_url = start_web(self.env, self.workdir / "web.log")
+            self.web, self.base_url = start_web(
+                self.env, self.workdir / "web.log", **self.web_options
+            )
         return self
 
     def processes(self):

@@ -19,6 +19,10 @@ WORKER_ARGS = [
     "--without-mingle", "--without-gossip", "--without-heartbeat",
 ]
 WEB_ARGS = ["app.py"]
+# The production web tier: gunicorn serving the app factory. gunicorn reads gunicorn.conf.py
+# from the repository root (its default name): where to listen, and tracing in each worker.
+GUNICORN_APP = "app:create_app()"
+WEB_SERVERS = ("flask", "gunicorn")
 
 
 class ProcessFailed(RuntimeError):
@@ -58,10 +62,26 @@ def wait_until_ready(worker, deadline=30.0):
     _wait_for(worker, lambda: " ready." in log_text(worker), deadline, "worker ready")
 
 
-def start_web(env, log_path, deadline=20.0):
-    """Start the web app on a free port; return (process, base URL) once it accepts."""
+def web_args(server="flask", workers=4, preload=False, app=GUNICORN_APP):
+    """How to run the web app: `python app.py` (Flask's own server, for the tutorial), or
+    gunicorn serving APP with WORKERS forked worker processes, importing it before the fork
+    if PRELOAD."""
+    if server == "flask":
+        return list(WEB_ARGS)
+    if server != "gunicorn":
+        raise ValueError(f"unknown web server {server!r}: choose from {WEB_SERVERS}")
+    return [
+        "-m", "gunicorn", "--workers", str(workers), *(["--preload"] if preload else []), app,
+    ]
+
+
+def start_web(env, log_path, deadline=20.0, **server):
+    """Start the web app on a free port; return (process, base URL) once it accepts.
+
+    SERVER (server, workers, preload, app) chooses how it runs: see web_args()."""
     port = free_port()
-    process = start(WEB_ARGS, {**env, "FLASK_RUN_PORT": str(port)}, log_path)
+    args = web_args(**server)
+    process = start(args, {**env, "FLASK_RUN_PORT": str(port)}, log_path)
     _wait_for(process, lambda: port_answers(port, timeout=0.2), deadline, f"listening on {port}")
     return process, f"http://127.0.0.1:{port}"
 

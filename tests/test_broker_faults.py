@@ -1,35 +1,12 @@
 """A broker that restarts under a running worker: it reconnects by itself and loses no task."""
 
 import shutil
-import subprocess
 import time
 
 import pytest
+from private_redis import PrivateRedis
 
-from harness.polling import poll_until, port_answers
-from harness.processes import free_port, wait_until_ready
-
-
-class PrivateRedis:
-    """A Redis of this test's own, that it can stop and start again on the same port. The
-    append-only file keeps what was queued across the restart, as production Redis should."""
-
-    def __init__(self, folder):
-        self.port, self.folder = free_port(), folder
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self):
-        subprocess.run(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--daemonize",
-             "yes", "--dir", str(self.folder), "--appendonly", "yes", "--save", ""],
-            check=True, capture_output=True, timeout=10,
-        )
-        poll_until(lambda: port_answers(self.port), 30, "private Redis started")
-
-    def stop(self):
-        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown"], capture_output=True,
-                       timeout=10)
-        poll_until(lambda: not port_answers(self.port), 30, "private Redis stopped")
+from harness.processes import wait_until_ready
 
 
 @pytest.fixture

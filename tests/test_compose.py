@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from harness.processes import ROOT, WEB_ARGS, worker_args
+from harness.processes import ROOT, web_args, worker_args
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def services():
 
 
 def test_web_and_worker_run_the_commands_the_tests_run(services):
-    assert services["web"]["command"] == ["python", *WEB_ARGS]
+    assert services["web"]["command"] == ["python", *web_args("gunicorn", workers=4)]
     assert services["worker"]["command"] == ["python", *worker_args()]
     assert services["email-worker"]["command"] == [
         "python", *worker_args(extra_args=["--queues", "emails"])
