@@ -14,22 +14,38 @@ def services():
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
 
 
-def test_web_and_worker_run_the_commands_the_tests_run(services):
-    assert services["web"]["command"] == ["python", *web_args("gunicorn", workers=4)]
-    assert services["worker"]["command"] == ["python", *worker_args()]
-    assert services["email-worker"]["command"] == [
-        "python", *worker_args(extra_args=["--queues", "emails"])
-    ]
+STACKS = ("fixed", "broken")
 
 
-def test_web_and_worker_agree_on_variant_broker_and_collector(services):
-    web = services["web"]["environment"]
-    for worker in (services["worker"]["environment"], services["email-worker"]["environment"]):
-        for name in ("PROPAGATION", "CELERY_BROKER_URL", "OTEL_EXPORTER_OTLP_ENDPOINT"):
-            assert web[name] == worker[name], name
-    assert web["CELERY_BROKER_URL"].startswith("redis://redis:")
-    assert web["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
-    assert services["email-worker"]["environment"]["OTEL_SERVICE_NAME"] == "email-worker"
+def test_each_stack_runs_the_commands_the_tests_run(services):
+    for stack in STACKS:
+        prefix = services[f"worker-{stack}"]["environment"]["QUEUE_PREFIX"]
+        assert services[f"web-{stack}"]["command"] == ["python", *web_args("gunicorn", workers=4)]
+        assert services[f"worker-{stack}"]["command"] == ["python", *worker_args()]
+        assert services[f"email-worker-{stack}"]["command"] == [
+            "python", *worker_args(extra_args=["--queues", f"{prefix}emails"])
+        ]
+
+
+def test_the_broken_and_fixed_stacks_run_side_by_side_and_agree_within(services):
+    stacks = {}
+    for stack in STACKS:
+        web = services[f"web-{stack}"]["environment"]
+        for part in ("worker", "email-worker"):
+            worker = services[f"{part}-{stack}"]["environment"]
+            for name in ("PROPAGATION", "QUEUE_PREFIX", "CELERY_BROKER_URL",
+                         "OTEL_EXPORTER_OTLP_ENDPOINT", "ORDERS_DB"):
+                assert web[name] == worker[name], (stack, part, name)
+        assert web["PROPAGATION"] == stack
+        assert web["CELERY_BROKER_URL"].startswith("redis://redis:")
+        assert web["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+        stacks[stack] = web
+    # One Redis and one Jaeger, but queues, orders and service names of their own each.
+    for name in ("QUEUE_PREFIX", "ORDERS_DB"):
+        assert stacks["fixed"][name] != stacks["broken"][name], name
+    names = [service.get("environment", {}).get("OTEL_SERVICE_NAME") for service in
+             services.values() if service.get("environment")]
+    assert len(names) == len(set(names)) == 6
 
 
 def test_nothing_is_published_beyond_localhost(services):

@@ -48,12 +48,22 @@ def failure_records(spans, task):
     return spans_named(spans, f"celery.failed {task}")
 
 
-def assert_recorded_once_under_the_producer(spans, task, task_id, trace_id, span_id, error):
+def published_and_flushed(worker, task, arrived):
+    """Publish TASK from a producer's context; once ARRIVED(spans), stop the worker, which
+    flushes every span it holds. (task id, the producer's trace and span ids, the spans)"""
+    since = time.time_ns()
+    trace_id, span_id, headers = producer_headers()
+    result = worker.send_task(task, [task.split(".")[1]], headers=headers)
+    worker.wait_for_spans(arrived, since)
+    worker.stop()
+    return result.id, trace_id, span_id, worker.spans(since)
+
+
+def assert_recorded_once_under_the_producer(spans, task, task_id, trace_id, span_id):
     (record,) = failure_records(spans, task)
     assert (record["trace_id"], record["parent_id"]) == (trace_id, span_id)
     assert record["attributes"]["messaging.message.id"] == task_id
     assert record["status"] == "ERROR"
-    assert error in record["attributes"].get("exception.type", "") or record["links"] == []
     # Every span the worker wrote for this task is in the producer's trace.
     for span in spans:
         if span["attributes"].get("messaging.message.id") == task_id:
@@ -74,9 +84,7 @@ def test_a_hard_time_limit_is_recorded_once_in_the_producers_trace(worker, figur
     # flushes every span it holds, and count what it wrote.
     worker.stop()
     spans = worker.spans(since)
-    assert_recorded_once_under_the_producer(
-        spans, "matrix.overrun", killed.id, trace_id, span_id, "TimeLimitExceeded"
-    )
+    assert_recorded_once_under_the_producer(spans, "matrix.overrun", killed.id, trace_id, span_id)
     # The run span, when the killed process got it out at all, sits under the producer too.
     for run in spans_named(spans, "celery.run matrix.overrun"):
         assert run["parent_id"] == span_id
@@ -88,30 +96,22 @@ def test_a_hard_time_limit_is_recorded_once_in_the_producers_trace(worker, figur
 
 
 def test_a_lost_pool_process_is_recorded_once_in_the_producers_trace(worker, figures):
-    since = time.time_ns()
-    trace_id, span_id, headers = producer_headers()
-    lost = worker.send_task("matrix.lost", ["lost"], headers=headers)
-    worker.wait_for_spans(lambda spans: failure_records(spans, "matrix.lost"), since)
-    worker.stop()
-    spans = worker.spans(since)
-    assert_recorded_once_under_the_producer(
-        spans, "matrix.lost", lost.id, trace_id, span_id, "WorkerLostError"
+    task_id, trace_id, span_id, spans = published_and_flushed(
+        worker, "matrix.lost", lambda spans: failure_records(spans, "matrix.lost")
     )
+    assert_recorded_once_under_the_producer(spans, "matrix.lost", task_id, trace_id, span_id)
     figures["a pool process killed mid-task (kill -9), the task not requeued"] = (
         "one failed span (WorkerLostError), under the producer span"
     )
 
 
 def test_a_reject_is_recorded_by_its_run_span_alone(worker, figures):
-    since = time.time_ns()
-    trace_id, span_id, headers = producer_headers()
-    rejected = worker.send_task("matrix.reject", ["reject"], headers=headers)
-    worker.wait_for_spans(lambda spans: spans_named(spans, "celery.run matrix.reject"), since)
-    worker.stop()
-    spans = worker.spans(since)
+    task_id, trace_id, span_id, spans = published_and_flushed(
+        worker, "matrix.reject", lambda spans: spans_named(spans, "celery.run matrix.reject")
+    )
     (run,) = spans_named(spans, "celery.run matrix.reject")
     assert (run["trace_id"], run["parent_id"]) == (trace_id, span_id)
-    assert run["attributes"]["messaging.message.id"] == rejected.id
+    assert run["attributes"]["messaging.message.id"] == task_id
     assert run["attributes"]["celery.state"] == "REJECTED"
     assert run["status"] == "ERROR"
     # The main process reports the same reject as a failure: no second record for it.

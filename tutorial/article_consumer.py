@@ -1,6 +1,11 @@
 """The consumer side as the article writes it, kept to show why it never works.
 
-Load it into a worker with `celery -A tasks worker --include tutorial.article_consumer`.
+Load it into a worker whose web app injects at its call site (PROPAGATION=inject-only):
+
+    PROPAGATION=inject-only python -m celery -A tasks worker --include tutorial.article_consumer
+
+(`python -m celery` runs from the repository root, where tasks.py and the tutorial package
+are importable; a bare `celery` command may not find them.)
 """
 
 from celery.signals import task_prerun

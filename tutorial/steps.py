@@ -25,7 +25,7 @@ STEPS = {
     2: "the web app injects into apply_async(headers=...), the worker reads nothing",
     3: "the worker adds the article's task_prerun handler, which waits for `headers`",
     4: "the worker extracts from task.request, attaches, starts its span",
-    5: "a chain of three tasks, with headers given at the call site",
+    5: "a chain of three tasks and a group of two, with headers given at the call site",
     6: "inject in before_task_publish, in every process: the chain again, and a group",
 }
 # The spans each step must have produced before its traces are printed.
@@ -55,6 +55,7 @@ def publish(step):
             publish_with_context(process_order.s(1))
         elif step == 5:
             publish_with_context(chain(process_order.s(1), send_receipt.s(), archive_order.s()))
+            publish_with_context(group(send_receipt.s(2), send_receipt.s(3)))
         else:
             chain(process_order.s(1), send_receipt.s(), archive_order.s()).delay()
             group(send_receipt.s(2), send_receipt.s(3)).delay()
