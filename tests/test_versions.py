@@ -2,10 +2,12 @@
 claim: the in-process tests, the propagation tests and two matrix cells (Redis, prefork and
 threads), each in a virtualenv of its own built from tests/versions/NAME.txt (exact pins).
 
-The virtualenvs live in .versions/ (ignored by git), one per pin file's content: a second
-run reuses them. The README's "Tested with" table is the one this run produced.
+The virtualenvs live in ~/.cache/celery-trace-propagation/versions (VERSIONS_CACHE to move
+it), one per pin file's content: a later run, from any clone, reuses them. The README's
+"Tested with" table is the one this run produced.
 """
 
+import fcntl
 import hashlib
 import os
 import re
@@ -14,6 +16,7 @@ import sys
 import xml.etree.ElementTree as ElementTree
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 import readme_blocks
@@ -21,7 +24,8 @@ import readme_blocks
 from harness.processes import ROOT
 
 PIN_FILES = sorted((ROOT / "tests" / "versions").glob("*.txt"))
-VENVS = ROOT / ".versions"
+VENVS = Path(os.environ.get("VERSIONS_CACHE")
+             or Path.home() / ".cache" / "celery-trace-propagation" / "versions")
 # On one broker, Redis: the folder broker is this repository's own, made for kombu 5.7.
 INNER_TESTS = ["tests/test_celery_signals.py", "tests/test_propagation.py", "tests/test_matrix.py"]
 INNER_CELLS = "fixed:redis:prefork,fixed:redis:threads"
@@ -40,28 +44,33 @@ def build(pin_file):
     digest = hashlib.sha256(pin_file.read_bytes()).hexdigest()[:12]
     venv = VENVS / f"{pin_file.stem}-{digest}"
     python = venv / "bin" / "python"
-    if not (venv / "complete").exists():
-        # No pip of its own: this interpreter's pip installs into it (pip --python), and
-        # without compiling every module up front. Half the time of a full virtualenv.
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(venv)],
-                       check=True, capture_output=True, timeout=BUILD_DEADLINE)
-        # Every package is pinned in the file, dependencies included: nothing to resolve.
-        subprocess.run(
-            [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-             "--disable-pip-version-check", "--no-deps", "--no-compile", "-r", str(pin_file)],
-            check=True, capture_output=True, text=True, timeout=BUILD_DEADLINE,
-        )
-        (venv / "complete").touch()
+    # One builder at a time per virtualenv: another clone's suite may be building it now.
+    with open(VENVS / f"{venv.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (venv / "complete").exists():
+            # No pip of its own: this interpreter's pip installs into it (pip --python), and
+            # without compiling every module up front. Half the time of a full virtualenv.
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(venv)],
+                           check=True, capture_output=True, timeout=BUILD_DEADLINE)
+            # Every package is pinned in the file, dependencies included: nothing to resolve.
+            subprocess.run(
+                [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+                 "--disable-pip-version-check", "--no-deps", "--no-compile", "-r",
+                 str(pin_file)],
+                check=True, capture_output=True, text=True, timeout=BUILD_DEADLINE,
+            )
+            (venv / "complete").touch()
     return python
 
 
-def run(pin_file):
-    """Build PIN_FILE's virtualenv and run the inner tests in it: {passed, failed, skipped}."""
+def run(pin_file, reports):
+    """Build PIN_FILE's virtualenv and run the inner tests in it, writing the junit report
+    into the folder REPORTS: {tests, failures, errors, skipped, output}."""
     try:
         python = build(pin_file)
     except subprocess.CalledProcessError as error:
         return {"error": f"install failed: {(error.stderr or '')[-2000:]}"}
-    report = VENVS / f"{pin_file.stem}.xml"
+    report = reports / f"{pin_file.stem}.xml"
     done = subprocess.run(
         [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
          "-k", "not filesystem", *INNER_TESTS],
@@ -77,11 +86,13 @@ def run(pin_file):
 
 
 @pytest.fixture(scope="session")
-def runs():
+def runs(tmp_path_factory):
     """{pin file name: what its run counted}, every version at once, three at a time."""
-    VENVS.mkdir(exist_ok=True)
+    VENVS.mkdir(parents=True, exist_ok=True)
+    reports = tmp_path_factory.mktemp("versions")
     with ThreadPoolExecutor(3) as pool:
-        return dict(zip((f.stem for f in PIN_FILES), pool.map(run, PIN_FILES)))
+        counted = pool.map(lambda pin_file: run(pin_file, reports), PIN_FILES)
+        return dict(zip((f.stem for f in PIN_FILES), counted))
 
 
 @pytest.mark.parametrize("name", [pin_file.stem for pin_file in PIN_FILES])
