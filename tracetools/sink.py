@@ -11,7 +11,9 @@ import gzip
 import json
 import sqlite3
 import threading
+from contextlib import closing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -89,22 +91,26 @@ def _connect(db_path, **options):
     return sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_SECONDS, **options)
 
 
+def iter_spans(db_path):
+    """The stored spans, one at a time as they are read, in no particular order."""
+    # Read-only: a reader never takes the write lock that the sink's writer needs.
+    db = _connect(Path(db_path).resolve().as_uri() + "?mode=ro", uri=True)
+    with closing(db):
+        db.row_factory = sqlite3.Row
+        for row in db.execute("SELECT * FROM spans"):
+            span = dict(row)
+            for column in ("attributes", "resource", "links"):
+                span[column] = json.loads(span[column])
+            yield span
+
+
 def load_spans(db_path, **resource_filter):
     """The stored spans, oldest first; keep those whose resource has every given attribute."""
-    # Read-only: a reader never takes the write lock that the sink's writer needs.
-    db = _connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        db.row_factory = sqlite3.Row
-        rows = db.execute("SELECT * FROM spans ORDER BY start_ns").fetchall()
-    finally:
-        db.close()
-    spans = []
-    for row in rows:
-        span = dict(row)
-        for column in ("attributes", "resource", "links"):
-            span[column] = json.loads(span[column])
-        if all(span["resource"].get(k) == v for k, v in resource_filter.items()):
-            spans.append(span)
+    spans = [
+        span for span in iter_spans(db_path)
+        if all(span["resource"].get(k) == v for k, v in resource_filter.items())
+    ]
+    spans.sort(key=lambda span: span["start_ns"])
     return spans
 
 

@@ -14,16 +14,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tracetools import otlp_json
+from tracetools import otlp_json, sink
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
-COLUMNS = ("trace_id", "span_id", "parent_id", "name", "kind", "service", "start_ns", "end_ns",
-           "status", "attributes", "resource", "links")
-BUSY_TIMEOUT_SECONDS = 30  # the sink may be writing: wait for its lock, as tracetools.sink does
 DEFAULT_LOOKBACK = "1h"
 DEFAULT_LIMIT = 1000  # traces per backend query: Jaeger and Tempo return 20 unless told
 DEFAULT_TIMEOUT = 10.0
@@ -75,22 +71,10 @@ def _seconds(lookback):
 
 
 def _from_sink(path):
-    # Read-only, like tracetools.sink.load_spans: never take the lock the sink's writer needs.
     try:
-        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True,
-                             timeout=BUSY_TIMEOUT_SECONDS)
-        rows = db.execute(f"SELECT {', '.join(COLUMNS)} FROM spans")
+        yield from sink.iter_spans(path)
     except sqlite3.DatabaseError as error:
         raise SourceError(f"{path} is not a trace sink database: {error}") from None
-    with closing(db):
-        try:
-            for row in rows:
-                span = dict(zip(COLUMNS, row))
-                for column in ("attributes", "resource", "links"):
-                    span[column] = json.loads(span[column])
-                yield span
-        except sqlite3.DatabaseError as error:
-            raise SourceError(f"{path}: {error}") from None
 
 
 def _from_otlp_file(path, warn):
