@@ -1,6 +1,7 @@
 """The web API: bad input gets a clear JSON error, a dead broker a 503 and no stray order."""
 
 import pytest
+from traces import PUBLISH, REQUEST, one
 
 import orders_db
 from harness.deployment import Deployment
@@ -56,4 +57,11 @@ def test_a_dead_broker_gets_503_and_leaves_no_order(sink, tmp_path, figures, bro
     assert (status, body) == (503, {"error": "the task queue is unavailable; try again later"})
     db = orders_db.connect(deployment.env["ORDERS_DB"])
     assert db.execute("SELECT COUNT(*) FROM orders").fetchone()[0] == 0
-    figures["broker down when an order is posted"] = "503 with a JSON error, no order left behind"
+    # The publish that failed still leaves its span, ended, with the error, under the request.
+    spans = deployment.spans()  # the web app flushed them on its way out
+    request, publish = one(spans, REQUEST), one(spans, PUBLISH)
+    assert publish["parent_id"] == request["span_id"]
+    assert (publish["status"], request["status"]) == ("ERROR", "ERROR")
+    figures["broker down when an order is posted"] = (
+        "503 with a JSON error, no order left behind; the failed publish's span ends in error"
+    )
