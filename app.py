@@ -107,11 +107,17 @@ def enqueue_order(order_id):
         process_order.delay(order_id)
 
 
+def _exit_on_sigterm(*_):
+    # Once: a second SIGTERM during the exit would interrupt the flush of the last spans.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(0)
+
+
 def main():
     setup_tracing("orders-web")
     # Python's default SIGTERM handler exits without running atexit, where the SDK flushes
     # the spans it still holds.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # The same variables `flask run` reads.
     host = os.environ.get("FLASK_RUN_HOST", "127.0.0.1")
     port = int(os.environ.get("FLASK_RUN_PORT", "5000"))

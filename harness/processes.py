@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from harness.polling import poll_until, port_answers
@@ -108,27 +109,27 @@ def log_tail(process, lines=30):
 
 def stop(process, deadline=15.0):
     """Ask for a warm shutdown (SIGTERM: spans are flushed on the way out), then insist."""
-    if process.poll() is None:
-        # The main process only: it shuts its pool children down in order, letting each
-        # flush its spans. A signal to the whole group could kill a child mid-flush.
-        process.terminate()
-        try:
-            process.wait(deadline)
-        except subprocess.TimeoutExpired:
-            pass
-    # Whatever is left of the session (a prefork child that outlived its parent) goes too.
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
+    stop_all([process], deadline)
 
 
 def stop_all(processes, deadline=15.0):
-    """stop() several at once: each worker takes seconds to shut down, so ask them all first."""
+    """stop() several at once: each takes seconds to shut down, so ask them all first."""
     processes = list(processes)
     for process in processes:
         if process.poll() is None:
+            # Once, and to the main process only: it shuts its pool children down in order,
+            # letting each flush its spans. A second SIGTERM, or a signal to the whole group,
+            # could cut a flush short.
             process.terminate()
+    give_up = time.monotonic() + deadline
     for process in processes:
-        stop(process, deadline)
+        try:
+            process.wait(max(0.0, give_up - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        # Whatever is left of the session (a prefork child that outlived its parent) goes.
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
