@@ -15,9 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # --without-mingle/-gossip/-heartbeat: kombu's filesystem transport has no broadcast
 # exchange for them, and the demo needs none of them on Redis either.
-WORKER_ARGS = [
-    "-m", "celery", "-A", "tasks", "worker", "--loglevel", "INFO",
-    "--without-mingle", "--without-gossip", "--without-heartbeat",
+WORKER_OPTIONS = [
+    "--loglevel", "INFO", "--without-mingle", "--without-gossip", "--without-heartbeat",
 ]
 WEB_ARGS = ["app.py"]
 # The production web tier: gunicorn serving the app factory. gunicorn reads gunicorn.conf.py
@@ -50,8 +49,11 @@ def start(args, env, log_path):
     return process
 
 
-def worker_args(pool="prefork", concurrency=1, extra_args=()):
-    return [*WORKER_ARGS, "--pool", pool, "--concurrency", str(concurrency), *extra_args]
+def worker_args(pool="prefork", concurrency=1, extra_args=(), app="tasks"):
+    """`python ARGS` runs a worker of the Celery app in module APP (the example app's by
+    default; the tutorial's small apps use it too)."""
+    return ["-m", "celery", "-A", app, "worker", *WORKER_OPTIONS, "--pool", pool,
+            "--concurrency", str(concurrency), *extra_args]
 
 
 def start_worker(env, log_path, pool="prefork", concurrency=1, extra_args=()):

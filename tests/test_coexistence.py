@@ -17,6 +17,10 @@ from harness.deployment import Deployment
 from harness.polling import poll_until
 from harness.processes import log_text, start, stop, worker_args
 
+# The auto-instrumentation's command: a Python script beside this interpreter, which runs the
+# command it is given with every installed instrumentation active.
+INSTRUMENT = str(Path(sys.executable).parent / "opentelemetry-instrument")
+
 
 class DiscardingSentry(BaseHTTPRequestHandler):
     """Sentry's ingest endpoint, on loopback: accepts every envelope and keeps none."""
@@ -59,9 +63,7 @@ def test_the_auto_instrumentation_at_start_is_refused_with_a_clear_message(sink,
     # opentelemetry-instrument activates CeleryInstrumentor before tasks.py is imported.
     require("redis")
     env = Deployment(sink, tmp_path, "fixed", "redis").env
-    # The command is a Python script beside this interpreter; it runs the one it is given.
-    instrument = Path(sys.executable).parent / "opentelemetry-instrument"
-    worker = start([str(instrument), sys.executable, *worker_args()], env, tmp_path / "w.log")
+    worker = start([INSTRUMENT, sys.executable, *worker_args()], env, tmp_path / "w.log")
     try:
         poll_until(lambda: worker.poll() is not None, 60, "the worker exits")
     finally:
@@ -96,9 +98,8 @@ def test_the_auto_instrumentation_without_celery_leaves_it_to_celery_signals(sin
     require("redis")
     deployment = Deployment(sink, tmp_path, "fixed", "redis")
     env = {**deployment.env, "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "celery"}
-    instrument = Path(sys.executable).parent / "opentelemetry-instrument"
     deployment.workers.append(start(
-        [str(instrument), sys.executable,
+        [INSTRUMENT, sys.executable,
          *worker_args(extra_args=["--hostname", f"orders-{deployment.run_id}@%h"])],
         env, tmp_path / "worker.log",
     ))

@@ -10,7 +10,7 @@ from brokers import require
 from traces import assert_edges, complete, names
 
 from harness.polling import poll_until, port_answers
-from harness.processes import ROOT, free_port, start, stop_all, wait_until_ready
+from harness.processes import ROOT, free_port, start, stop_all, wait_until_ready, worker_args
 from tracetools.sink import load_spans
 
 PROJECT = ROOT / "tutorial" / "django_project"
@@ -30,11 +30,7 @@ def test_a_django_request_and_its_task_share_one_trace(sink, tmp_path):
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "OTEL_RESOURCE_ATTRIBUTES": f"test.django={port}",
     }
-    worker = start(
-        ["-m", "celery", "-A", "orders_site", "worker", "--loglevel", "INFO", "--pool", "solo",
-         "--without-mingle", "--without-gossip", "--without-heartbeat"],
-        env, tmp_path / "worker.log",
-    )
+    worker = start(worker_args("solo", app="orders_site"), env, tmp_path / "worker.log")
     web = start(["-m", "django", "runserver", "--noreload", f"127.0.0.1:{port}"], env,
                 tmp_path / "web.log")
     try:

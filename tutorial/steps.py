@@ -16,7 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from harness.polling import poll_until
-from harness.processes import start, stop, wait_until_ready
+from harness.processes import start, stop, wait_until_ready, worker_args
 from tracetools.sink import TraceSink, load_spans
 from tracetools.view import describe, render, verdict
 
@@ -71,11 +71,7 @@ def run(step, folder):
     with TraceSink(str(folder / "spans.db")) as sink:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
         os.environ.update(env)  # this process publishes: it reads the same settings
-        worker = start(
-            ["-m", "celery", "-A", "tutorial.steps_app", "worker", "--loglevel", "INFO",
-             "--pool", "solo", "--without-mingle", "--without-gossip", "--without-heartbeat"],
-            env, folder / "worker.log",
-        )
+        worker = start(worker_args("solo", app="tutorial.steps_app"), env, folder / "worker.log")
         try:
             wait_until_ready(worker)
             from tracing import flush_tracing, setup_tracing
