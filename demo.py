@@ -39,6 +39,7 @@ OUTCOMES = {
     "fixed": "one trace, from the request to the email worker",
 }
 VARIANTS = list(STORIES)
+PAGE_ORDER = ["broken", "fixed", "inject-only", "call-site"]
 SPANS_DEADLINE = 30.0
 
 
@@ -91,9 +92,12 @@ def run_variants(variants):
 
 def write_page(path, spans):
     """The waterfalls of SPANS ({variant: spans}), side by side, as an HTML page at PATH."""
-    shown = " vs ".join(spans) if len(spans) == 2 else ", ".join(spans)
-    waterfall.write(path, [(v, STORIES[v], spans[v]) for v in spans],
-                    title=f"One order, traced: {shown}")
+    # The page puts its first two variants in its top row: broken next to fixed, the
+    # comparison the page is for; the half fixes come below.
+    shown = sorted(spans, key=PAGE_ORDER.index)
+    title = " vs ".join(shown) if len(shown) == 2 else ", ".join(shown)
+    waterfall.write(path, [(v, STORIES[v], spans[v]) for v in shown],
+                    title=f"One order, traced: {title}")
 
 
 def epilog():
