@@ -1,6 +1,8 @@
 """The waterfall page (tracetools/waterfall.py, `demo.py --html`) in a real browser: headless
-Chromium lays out a page made from real traces of the broken and the fixed variant; both
-render, side by side, with the orphans the doctor finds marked; and it photographs the page.
+Chromium lays out a page made from real traces of every variant, at a laptop's size and at a
+large screen's: broken and fixed side by side in the top row, whole without scrolling, the
+half fixes below, every bar on one time scale, the orphans the doctor finds marked; and it
+photographs the page.
 
 Needs Debian's chromium (apt-get install chromium): skipped without it, failed in CI."""
 
@@ -12,7 +14,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from traces import EMAIL_RUN, REQUEST, RUN, complete, connected, made, names, orphaned
+from traces import EMAIL_RUN, MS, REQUEST, RUN, complete, connected, made, names, orphaned
 
 import demo
 from harness.polling import poll_until
@@ -31,8 +33,10 @@ from tutorial.screenshots import (
     screenshot,
 )
 
-VARIANTS = ("broken", "fixed")
-WIDTH = 1280  # CSS pixels: wide enough for the two side by side
+VARIANTS = tuple(demo.PAGE_ORDER)  # as the page shows them: broken and fixed first
+WIDTH = 1280  # CSS pixels: the tutorial's pictures
+# Window sizes, in CSS pixels: a laptop's screen, and a large one.
+SIZES = {"laptop": (1366, 768), "desktop": (1920, 1080)}
 
 
 class Elements(HTMLParser):
@@ -97,6 +101,25 @@ def test_orphans_are_marked_by_class_attribute_and_a_visible_mark():
     assert len(elements.having("span", data_service="orders-worker")) == 4
 
 
+def test_an_orphaned_trace_is_drawn_on_the_requests_time_scale_where_it_ran():
+    # orphaned(): the request 0-40 ms, then the worker's trace of its own 60-100 ms;
+    # connected(): the same spans, joined up. Both variants end at 100 ms.
+    elements = Elements(page([("broken", "", orphaned()), ("fixed", "", connected())]))
+    [(_, main, _)] = elements.having("variants")
+    assert main["data-scale-ns"] == str(100 * MS)
+    [(_, _, text)] = elements.having("orphan")
+    assert "+60.0 ms" in text  # from the request's start, not from its own trace's
+    bars = {}
+    for _, attributes, _ in elements.having("bar"):
+        bars.setdefault(attributes["title"].split(" (")[0], []).append(attributes["style"])
+    run = bars["celery.run tasks.process_order"]
+    assert run[0].startswith("left:min(60.00%,") and "width:40.00%" in run[0]
+    # The same moment stands at the same place in both panels.
+    for name in ("POST /orders", "celery.run tasks.process_order", "charge_payment"):
+        broken, fixed = bars[name]
+        assert broken == fixed, name
+
+
 # With chromium: real traces.
 
 @pytest.fixture(scope="module")
@@ -132,7 +155,7 @@ def real_page(chromium, real_spans, tmp_path_factory):
     return path
 
 
-def test_chromium_builds_both_variants_with_the_doctors_orphans_marked(real_page, real_spans):
+def test_chromium_builds_every_variant_with_the_doctors_orphans_marked(real_page, real_spans):
     elements = Elements(dump_dom(real_page, WIDTH))
     sections = elements.having("variant")
     assert [attributes["data-variant"] for _, attributes, _ in sections] == list(VARIANTS)
@@ -160,39 +183,103 @@ def test_chromium_builds_both_variants_with_the_doctors_orphans_marked(real_page
 LAYOUT = """(() => {
   const box = element => { const b = element.getBoundingClientRect();
     return {left: b.left, top: b.top, right: b.right, bottom: b.bottom, width: b.width}; };
-  return [...document.querySelectorAll('section.variant')].map(section => ({
-    variant: section.dataset.variant, box: box(section),
-    rows: [...section.querySelectorAll('.span')].map(row => ({
-      id: row.dataset.spanId, orphan: row.dataset.orphan || null,
-      edge: getComputedStyle(row).borderLeftColor, shade: getComputedStyle(row).backgroundColor,
-      track: box(row.querySelector('.track')), bar: box(row.querySelector('.bar')),
-      mark: row.querySelector('.mark') && [row.querySelector('.mark').innerText,
-                                           box(row.querySelector('.mark'))],
+  const main = document.querySelector('main');
+  return {
+    window: [innerWidth, innerHeight], scale: Number(main.dataset.scaleNs),
+    sections: [...document.querySelectorAll('section.variant')].map(section => ({
+      variant: section.dataset.variant, origin: section.dataset.originNs, box: box(section),
+      verdict: box(section.querySelector('.verdict')),
+      axis: box(section.querySelector('.axis')),
+      ticks: [...section.querySelectorAll('.axis span')].map(box),
+      heads: [...section.querySelectorAll('.trace-head')].map(box),
+      rows: [...section.querySelectorAll('.span')].map(row => ({
+        id: row.dataset.spanId, orphan: row.dataset.orphan || null, box: box(row),
+        edge: getComputedStyle(row).borderLeftColor,
+        shade: getComputedStyle(row).backgroundColor,
+        track: box(row.querySelector('.track')), bar: box(row.querySelector('.bar')),
+        mark: row.querySelector('.mark') && [row.querySelector('.mark').innerText,
+                                             box(row.querySelector('.mark'))],
+      })),
     })),
-  }));
+  };
 })()"""
 
 
-def test_chromium_lays_them_out_side_by_side_with_bars_where_the_spans_ran(real_page, real_spans):
-    layout = probe(real_page, LAYOUT, WIDTH)
-    broken, fixed = layout
-    assert (broken["variant"], fixed["variant"]) == VARIANTS
+def viewport(page, size):
+    """The [width, height] of what a window of SIZE shows of PAGE: like a browser, chromium
+    keeps a strip of the window for its frame (143 px of 768 here). Its bottom is the fold."""
+    width, height = size
+    shown = probe(page, "[innerWidth, innerHeight]", width, height)
+    assert shown[0] == width and height / 2 < shown[1] <= height
+    return shown
+
+
+@pytest.fixture(scope="module", params=list(SIZES.values()), ids=list(SIZES))
+def layout(request, real_page):
+    """Where chromium puts the page's parts in a window of one of SIZES; "window" is the
+    viewport, as viewport() measures it."""
+    found = probe(real_page, LAYOUT, *request.param)
+    assert found["window"] == viewport(real_page, request.param)
+    return found
+
+
+def test_chromium_puts_broken_next_to_fixed_and_the_half_fixes_below(layout):
+    width, _ = layout["window"]
+    broken, fixed, *others = layout["sections"]
+    assert (broken["variant"], fixed["variant"]) == ("broken", "fixed")
+    # One row: the same top, broken on the left, fixed on its right, both inside the window.
     assert broken["box"]["top"] == fixed["box"]["top"]
     assert broken["box"]["right"] <= fixed["box"]["left"]
-    assert fixed["box"]["right"] <= WIDTH
-    for section in layout:
+    assert fixed["box"]["right"] <= width
+    assert broken["box"]["width"] == fixed["box"]["width"]
+    pair_bottom = max(broken["box"]["bottom"], fixed["box"]["bottom"])
+    assert [other["variant"] for other in others] == ["inject-only", "call-site"]
+    for other in others:
+        assert other["box"]["top"] >= pair_bottom, other["variant"]
+    assert others[0]["box"]["top"] == others[1]["box"]["top"]
+
+
+def test_chromium_shows_broken_and_fixed_whole_without_scrolling(layout):
+    # What a reader must see before scrolling, on a laptop as on a large screen: both
+    # verdicts, and every trace and span of both variants, orphan marks included: the
+    # comparison the page is for, whole. The half fixes may start below the fold.
+    _, height = layout["window"]
+    for section in layout["sections"][:2]:
+        assert section["verdict"]["bottom"] <= height, section["variant"]
+        for head in section["heads"]:
+            assert head["bottom"] <= height, (section["variant"], head)
+        for row in section["rows"]:
+            assert row["box"]["bottom"] <= height, (section["variant"], row["id"], row["box"])
+
+
+def test_chromium_draws_every_bar_on_one_time_scale_where_its_span_ran(layout, real_spans):
+    scale = layout["scale"]
+    lengths = [max(s["end_ns"] for s in spans) - min(s["start_ns"] for s in spans)
+               for spans in real_spans.values()]
+    # The longest variant fits the scale, and is not squeezed into a corner of it.
+    assert max(lengths) <= scale < 2 * max(lengths)
+    tracks = [row["track"] for section in layout["sections"] for row in section["rows"]]
+    # Every track as wide as every other, in every panel: one millisecond, as many pixels.
+    assert max(t["width"] for t in tracks) - min(t["width"] for t in tracks) < 0.5
+    for section in layout["sections"]:
         spans = {s["span_id"]: s for s in real_spans[section["variant"]]}
-        trace_of = {}
-        for s in spans.values():
-            start, end = trace_of.get(s["trace_id"], (s["start_ns"], s["end_ns"]))
-            trace_of[s["trace_id"]] = (min(start, s["start_ns"]), max(end, s["end_ns"]))
+        # 0 is the variant's first span; a trace of its own is placed by its clock times.
+        origin = min(s["start_ns"] for s in spans.values())
+        assert int(section["origin"]) == origin
+        # The axis stands over the tracks: 0 at their left edge, the scale's end at their right.
+        axis = section["axis"]
+        assert abs(section["ticks"][0]["left"] - axis["left"]) < 1
+        assert abs(section["ticks"][-1]["right"] - axis["right"]) < 1
         for row in section["rows"]:
             track, bar, s = row["track"], row["bar"], spans[row["id"]]
-            start, end = trace_of[s["trace_id"]]
-            expected_left = track["left"] + track["width"] * (s["start_ns"] - start) / (end - start)
+            assert abs(track["left"] - axis["left"]) < 0.5
+            assert abs(track["width"] - axis["width"]) < 0.5
+            expected_left = track["left"] + track["width"] * (s["start_ns"] - origin) / scale
             # Off by at most the width a span too short to see is given, at the track's end.
             assert abs(bar["left"] - expected_left) <= MIN_BAR_PX + 0.5, (s["name"], bar, track)
-            assert bar["width"] > 0 and bar["right"] <= track["right"] + 1
+            expected_width = track["width"] * (s["end_ns"] - s["start_ns"]) / scale
+            assert abs(bar["width"] - max(MIN_BAR_PX, expected_width)) < 1, (s["name"], bar)
+            assert bar["right"] <= track["right"] + 1
             if row["orphan"]:
                 text, mark = row["mark"]
                 assert text == f"orphaned: {row['orphan']}" and mark["width"] > 0
@@ -201,8 +288,19 @@ def test_chromium_lays_them_out_side_by_side_with_bars_where_the_spans_ran(real_
             if row["orphan"]:
                 assert row["edge"] not in {other["edge"] for other in plain}
                 assert row["shade"] not in {other["shade"] for other in plain}
+    broken, fixed = layout["sections"][:2]
     assert sum(bool(row["orphan"]) for row in broken["rows"]) == 2
     assert not any(row["orphan"] for row in fixed["rows"])
+
+
+@pytest.mark.parametrize("size", list(SIZES.values()), ids=list(SIZES))
+def test_chromium_photographs_what_a_reader_sees_first(real_page, tmp_path, size):
+    # chromium photographs the whole window: make it the size of what a reader's shows.
+    shown = tuple(viewport(real_page, size))
+    png = tmp_path / "fold.png"
+    assert screenshot(real_page, png, *shown, scale=1) == shown
+    # A blank page compresses to a few kilobytes; two waterfalls with their text do not.
+    assert png.stat().st_size > 50_000
 
 
 def test_chromium_photographs_the_whole_page(real_page, tmp_path):
@@ -212,7 +310,6 @@ def test_chromium_photographs_the_whole_page(real_page, tmp_path):
     assert screenshot(real_page, png, WIDTH, height) == (WIDTH * SCALE, height * SCALE)
     assert png.read_bytes().startswith(PNG_SIGNATURE)
     assert png_size(png) == (WIDTH * SCALE, height * SCALE)
-    # A blank page compresses to a few kilobytes; two waterfalls with their text do not.
     assert png.stat().st_size > 50_000
 
 
