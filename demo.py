@@ -3,10 +3,10 @@
 Starts an embedded trace sink, then for each variant an orders worker (prefork), an email
 worker and the web app, posts one order, and prints each trace as a timeline: per span its
 service, start, duration and a bar, with the spans cut off from the request's trace marked
-orphaned. --html FILE also draws the variants side by side as waterfalls. The variants run
-at the same time; what they are doing goes to stderr, the traces to stdout. No Redis, Docker
-or tracing backend needed: the broker is a folder (kombu's filesystem transport) unless
-CELERY_BROKER_URL is set.
+orphaned. --html FILE also draws them as waterfalls on one time scale, broken next to
+fixed. The variants run at the same time; what they are doing goes to stderr, the traces to
+stdout. No Redis, Docker or tracing backend needed: the broker is a folder (kombu's
+filesystem transport) unless CELERY_BROKER_URL is set.
 """
 
 import argparse
@@ -95,7 +95,7 @@ def write_page(path, spans):
     # The page puts its first two variants in its top row: broken next to fixed, the
     # comparison the page is for; the half fixes come below.
     shown = sorted(spans, key=PAGE_ORDER.index)
-    title = " vs ".join(shown) if len(shown) == 2 else ", ".join(shown)
+    title = " vs ".join(shown[:2]) + (f" (below: {', '.join(shown[2:])})" if shown[2:] else "")
     waterfall.write(path, [(v, STORIES[v], spans[v]) for v in shown],
                     title=f"One order, traced: {title}")
 
@@ -126,8 +126,8 @@ def main(argv=None):
     )
     parser.add_argument(
         "--html", metavar="FILE",
-        help="also write the traces to FILE as waterfalls, the variants side by side: one "
-             "HTML page that needs nothing else, for any browser",
+        help="also write the traces to FILE as waterfalls, broken next to fixed, every bar on "
+             "one time scale: one HTML page that needs nothing else, for any browser",
     )
     args = parser.parse_args(argv)
     if args.html and not Path(args.html).resolve().parent.is_dir():

@@ -190,7 +190,7 @@ LAYOUT = """(() => {
       variant: section.dataset.variant, origin: section.dataset.originNs, box: box(section),
       verdict: box(section.querySelector('.verdict')),
       axis: box(section.querySelector('.axis')),
-      ticks: [...section.querySelectorAll('.axis span')].map(box),
+      ticks: [...section.querySelectorAll('.axis span')].map(tick => [tick.innerText, box(tick)]),
       heads: [...section.querySelectorAll('.trace-head')].map(box),
       rows: [...section.querySelectorAll('.span')].map(row => ({
         id: row.dataset.spanId, orphan: row.dataset.orphan || null, box: box(row),
@@ -266,10 +266,14 @@ def test_chromium_draws_every_bar_on_one_time_scale_where_its_span_ran(layout, r
         # 0 is the variant's first span; a trace of its own is placed by its clock times.
         origin = min(s["start_ns"] for s in spans.values())
         assert int(section["origin"]) == origin
-        # The axis stands over the tracks: 0 at their left edge, the scale's end at their right.
+        # The axis stands over the tracks, each label where its milliseconds are, none over
+        # the next.
         axis = section["axis"]
-        assert abs(section["ticks"][0]["left"] - axis["left"]) < 1
-        assert abs(section["ticks"][-1]["right"] - axis["right"]) < 1
+        assert section["ticks"][0][0] == "0"
+        for label, tick in section["ticks"]:
+            assert abs(tick["left"] - axis["left"] - axis["width"] * int(label) * MS / scale) < 1
+        for (_, tick), (_, following) in zip(section["ticks"], section["ticks"][1:]):
+            assert tick["right"] <= following["left"]
         for row in section["rows"]:
             track, bar, s = row["track"], row["bar"], spans[row["id"]]
             assert abs(track["left"] - axis["left"]) < 0.5

@@ -75,14 +75,13 @@ code {{ font-family: {MONO}; }}
   border-bottom: 1px solid #d5dae3; }}
 .trace-head b {{ color: #1d2330; }}
 .trace-head code {{ font-size: 12px; margin-right: 6px; }}
-/* Tick labels stand centred on their tick; the first and last stay inside the track. */
+/* Each tick's label starts at its gridline: a tick's width apart, labels never collide,
+   however narrow the track. The track's end is the next tick: it goes unlabelled. */
 .axis {{ position: relative; height: 1.3em; font: 11.5px {MONO}; color: #6b7385; }}
-.axis span {{ position: absolute; bottom: 0; transform: translateX(-50%);
-  white-space: nowrap; }}
-.axis span:first-child {{ transform: none; }}
-.axis span:last-child {{ transform: translateX(-100%); }}
+.axis span {{ position: absolute; bottom: 0; padding-left: 3px; white-space: nowrap; }}
 .span + .span {{ border-top: 1px solid #eef0f4; }}
 .who {{ min-width: 0; }}
+/* A name too long for its column breaks after a dot (see _row), else anywhere. */
 .name {{ font: 11.5px/1.3 {MONO}; overflow-wrap: anywhere; }}
 .meta {{ font-size: 11.5px; color: #596174; margin-top: 1px; }}
 .meta i {{ display: inline-block; width: 8px; height: 8px; border-radius: 50%;
@@ -140,8 +139,8 @@ def page(variants, title=TITLE, worker_services=()):
 <div class="legend">{legend}
 <span><span class="swatch queued"></span>queued: started after its parent ended</span>
 <span><span class="mark">orphaned</span>cut off from the trace that caused it</span>
-<span><b>One time scale</b> for every bar: 0 is each variant's first span, and a trace of its
-own sits where its clock times put it</span>
+<span><b>One time scale</b> for every bar, {scale_ns // 1_000_000} ms across a track: 0 is each
+variant's first span, and a trace of its own sits where its clock times put it</span>
 </div>
 <main class="variants" data-scale-ns="{scale_ns}" \
 style="--step:{_percent(step_ns, scale_ns)}">
@@ -196,7 +195,7 @@ def _variant(name, caption, drawing, services, scale_ns, step_ns):
         first = drawing.traces[0].rows[0].span["name"]
         ticks = "".join(f'<span style="left:{_percent(at, scale_ns)}">{at // 1_000_000}'
                         "</span>"
-                        for at in range(0, scale_ns + 1, step_ns))
+                        for at in range(0, scale_ns, step_ns))
         body = (f'<div class="scale"><div>ms after <code>{_text(first)}</code> began</div>'
                 f'<div class="axis">{ticks}</div>'
                 '<div class="when"><b>duration</b><span>start</span></div></div>\n'
@@ -232,10 +231,12 @@ def _row(row, trace_start, services, scale_ns):
         else ("span", "")
     tip = f"{span['name']} ({service}): starts +{ms(start)}, {ms(row.duration_ns)}"
     indent = f"padding-left:{(row.depth - 1) * 8 + 6}px"
+    # celery.run tasks.send_confirmation_email: "tasks." then the task, not "…emai" then "l".
+    name = _text(span["name"]).replace(".", ".<wbr>")
     return (
         f'<div class="{kind}" data-span-id="{_text(span["span_id"])}"'
         f' data-service="{_text(service)}"{orphan}>'
-        f'<div class="who" style="{indent}"><div class="name">{_text(span["name"])}</div>'
+        f'<div class="who" style="{indent}"><div class="name">{name}</div>'
         f'<div class="meta"><i style="background:{colour}"></i>{_text(service)}{badges}</div>'
         "</div>"
         f'<div class="track">{wait}<div class="bar" title="{_text(tip)}" '

@@ -4,8 +4,9 @@
 
 Runs the demo's variants once, writes their waterfalls as `python demo.py --html FILE` does,
 and has headless Chromium photograph the pages into tutorial/images/: broken-and-fixed.png
-(the two side by side) and all-variants.png (all four, two by two). Needs Debian's
-`chromium` package (apt-get install chromium). Look at the pictures before you commit them.
+(the two side by side) and all-variants.png (all four: broken and fixed on top, the half
+fixes below). Needs Debian's `chromium` package (apt-get install chromium). Look at the
+pictures before you commit them.
 """
 
 import argparse
@@ -25,7 +26,7 @@ IMAGES = Path(__file__).resolve().parent / "images"
 # Each picture: its file in IMAGES, and the variants it shows side by side.
 PICTURES = {
     "broken-and-fixed.png": ("broken", "fixed"),
-    "all-variants.png": ("broken", "inject-only", "call-site", "fixed"),
+    "all-variants.png": ("broken", "fixed", "inject-only", "call-site"),
 }
 WIDTH = 1280  # CSS pixels: two variants side by side, every span name whole
 SCALE = 2  # device pixels per CSS pixel: sharp on high-density screens, and when zoomed
