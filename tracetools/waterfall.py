@@ -58,9 +58,11 @@ code {{ font-family: {MONO}; }}
    would give a wide screen three columns and push the second of the pair down a row. */
 .variants {{ display: grid; gap: 14px; align-items: start;
   grid-template-columns: repeat(2, minmax(0, 1fr)); }}
+/* Narrower than about 1000 px, two panels would squeeze names and bars: one column. */
 @media (max-width: 62em) {{ .variants {{ grid-template-columns: minmax(0, 1fr); }} }}
 .variant {{ border: 1px solid #d5dae3; border-radius: 8px; padding: 8px 12px 6px;
   min-width: 0; }}
+.variant:only-child {{ grid-column: 1 / -1; }}  /* one variant: nothing to share a row with */
 .variant header {{ display: flex; flex-wrap: wrap; gap: 4px 12px; align-items: center; }}
 .variant h2 {{ font-size: 18px; margin: 0; }}
 .story {{ margin: 2px 0 4px; color: #4a5263; font-size: 13px; }}
