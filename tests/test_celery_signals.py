@@ -6,9 +6,11 @@ broker and no worker. Everything else about propagation is proven on real worker
 """
 
 import uuid
+from types import SimpleNamespace
 
 import pytest
 from celery import Celery, signals
+from celery.app.task import Context as TaskRequest
 from celery.app.trace import build_tracer
 from kombu.exceptions import OperationalError
 from opentelemetry.sdk.trace import TracerProvider
@@ -172,6 +174,43 @@ def test_the_consumer_span_says_what_the_message_carried(install, exporter, head
         )
     else:
         assert run.parent is None
+
+
+# -- beside the auto-instrumentation ---------------------------------------------------
+
+
+@pytest.fixture
+def instrumentor_arrives_later(install, monkeypatch):
+    """install(), then CeleryInstrumentor, as the article activates it in
+    worker_process_init; uninstrumented afterwards."""
+    instrumentor = pytest.importorskip("opentelemetry.instrumentation.celery").CeleryInstrumentor
+    install()
+    # celery_signals says it stands aside once per process: make this test's the first time.
+    monkeypatch.setattr(celery_signals, "_stood_aside", False)
+    instrumentor().instrument()
+    yield
+    instrumentor().uninstrument()
+
+
+def test_every_receiver_stands_aside_when_the_instrumentor_arrives_later(
+    instrumentor_arrives_later, tracer, exporter, caplog
+):
+    with tracer.start_as_current_span("request"):
+        add.apply_async((1,), queue="beside-the-instrumentor")
+    task_id = run_as_worker({"traceparent": TRACEPARENT})
+    # What the worker's main process sends: a message accepted, a task revoked before it
+    # ran, a failure reported without a run (a hard time limit).
+    message = TaskRequest(id=str(uuid.uuid4()), traceparent=TRACEPARENT)
+    signals.task_received.send(sender=None, request=SimpleNamespace(
+        id=message.id, request_dict={"id": message.id, "traceparent": TRACEPARENT}
+    ))
+    signals.task_revoked.send(sender=add, request=message, terminated=False, signum=None,
+                              expired=False)
+    signals.task_failure.send(sender=add, task_id=task_id, exception=TimeoutError("time limit"),
+                              args=(), kwargs={}, traceback=None, einfo=None)
+    assert [span.name for span in exporter.get_finished_spans()] == ["request"]
+    assert message.id not in celery_signals._received  # white-box: nothing held for later
+    assert caplog.text.count("Meanwhile celery_signals records nothing") == 1
 
 
 # -- a publish that fails ---------------------------------------------------------------
