@@ -403,7 +403,7 @@ def _end_consumer_span(task, state=None, retval=None, **_):
 
 def _remember_received(request, **_):
     if _standing_aside():
-        return  # CeleryInstrumentor records no failure from this record
+        return  # _record_failure stands aside too: nothing to keep this for
     # task_received: sent in the worker's main process for every message it accepts, with
     # the worker's Request. Some failures are reported from here later, with nothing but the
     # task id (_record_failure): the Request is where the producer's context then is.
