@@ -24,12 +24,6 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-# fixed:     every publish injects (before_task_publish), the worker extracts. The fix.
-# call-site: the worker half alone: it extracts what your own call sites inject into the
-#            headers= of apply_async, and loses the messages Celery publishes itself.
-# broken:    nothing is propagated: each task's span starts a trace of its own.
-VARIANTS = ("fixed", "call-site", "broken")
-
 # A caller sets this header to start the task in a new trace that only links back to its
 # producer: for fan-outs that would make one trace too large to read.
 NEW_TRACE_HEADER = "otel_new_trace"
@@ -53,9 +47,8 @@ _received = weakref.WeakValueDictionary()
 class _Installed(NamedTuple):
     """What install() changed, for uninstall() to change back."""
 
-    variant: str
     receivers: list  # (signal, receiver) pairs
-    send_task: object  # our wrapper of Celery.send_task, or None
+    send_task: object  # our wrapper of Celery.send_task
 
 
 _installed = None
@@ -64,62 +57,51 @@ _stood_aside = False
 _log = logging.getLogger(__name__)
 
 
-def install(variant="fixed", tracer_provider=None):
-    """Connect the signal handlers of VARIANT; uninstall() takes them away again.
+def install(tracer_provider=None):
+    """Connect the signal receivers; uninstall() disconnects them again.
 
-    Spans go to TRACER_PROVIDER, or to the global one. Installing the same variant twice is
-    harmless; a different one is refused.
+    Spans go to TRACER_PROVIDER, or to the global one. Calling install() again changes
+    nothing, not even the provider: uninstall() first to change it.
     """
     global _installed, _tracer
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown propagation variant {variant!r}: choose one of {VARIANTS}")
     if _installed is not None:
-        if _installed.variant == variant:
-            return
-        raise RuntimeError(
-            f"celery_signals is installed already, with {_installed.variant!r}: "
-            f"call uninstall() before installing {variant!r}"
-        )
+        return
     _refuse_beside_auto_instrumentation()
     _tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
     receivers = [
-        (signals.task_prerun, _start_new_trace if variant == "broken" else _continue_trace),
+        (signals.before_task_publish, _start_publish_span),
+        (signals.after_task_publish, _end_publish_span),
+        (signals.task_prerun, _continue_trace),
         (signals.task_postrun, _end_consumer_span),
         (signals.task_received, _remember_received),
         (signals.task_failure, _record_failure),
         (signals.task_retry, _record_retry),
         (signals.task_revoked, _record_revoked),
     ]
-    send_task = None
-    if variant == "fixed":
-        receivers += [
-            (signals.before_task_publish, _start_publish_span),
-            (signals.after_task_publish, _end_publish_span),
-        ]
-        # Celery sends no signal when a publish fails: after_task_publish never comes, and
-        # the PRODUCER span would stay open, unexported, in the ContextVar. Every publish
-        # goes through Celery.send_task, so that is where a failure is caught.
-        send_task = Celery.send_task = _ending_failed_publish(Celery.send_task)
     for signal, receiver in receivers:
         # weak=False: Celery's signals hold weak references by default, and a receiver
         # that has been garbage-collected fails silently.
         signal.connect(receiver, weak=False)
-    _installed = _Installed(variant, receivers, send_task)
+    # Celery sends no signal when a publish fails: after_task_publish never comes, and the
+    # PRODUCER span would stay open, unexported, in the ContextVar. Every publish goes
+    # through Celery.send_task, so that is where a failure is caught.
+    send_task = Celery.send_task = _ending_failed_publish(Celery.send_task)
+    _installed = _Installed(receivers, send_task)
 
 
 def uninstall():
-    """Disconnect what install() connected; return the variant it had installed, or None."""
+    """Disconnect what install() connected; return whether it had been installed."""
     global _installed
     if _installed is None:
-        return None
+        return False
     for signal, receiver in _installed.receivers:
         signal.disconnect(receiver)
     # If something wrapped send_task after us, ours stays under it, idle: with no publish
     # span ever started, it has nothing to end.
-    if _installed.send_task is not None and Celery.send_task is _installed.send_task:
+    if Celery.send_task is _installed.send_task:
         Celery.send_task = _installed.send_task.__wrapped__
-    variant, _installed = _installed.variant, None
-    return variant
+    _installed = None
+    return True
 
 
 _BESIDE_AUTO_INSTRUMENTATION = (
@@ -143,7 +125,12 @@ def _refuse_beside_auto_instrumentation():
 
 
 def _standing_aside():
-    """True once CeleryInstrumentor is active: it then records publishes and runs alone."""
+    """True once CeleryInstrumentor is active: it then records publishes and runs alone.
+
+    Every receiver that starts a record (a span, or a message remembered for one) asks this
+    first. The ones that finish a record of ours never do: a span started before the
+    instrumentor arrived must still end, and its context be detached.
+    """
     # Instrumented after install() (the article does it in worker_process_init): a receiver
     # cannot refuse, since Celery only logs what receivers raise. Ours step back, and say so.
     global _stood_aside
@@ -153,7 +140,6 @@ def _standing_aside():
         _stood_aside = True
         _log.error("%s Meanwhile celery_signals records nothing.", _BESIDE_AUTO_INSTRUMENTATION)
     return True
-
 
 
 def _ending_failed_publish(send_task):
@@ -234,9 +220,10 @@ class _RequestGetter(Getter):
 
     def get(self, request, key):
         value = _header(request, key)
-        # Only well-formed values reach the propagator; the rest count as absent. Trace
-        # context and baggage are ASCII; a lone surrogate (JSON carries "\ud800") would make
-        # the SDK's baggage propagator raise UnicodeEncodeError.
+        # Only well-formed values reach the propagator; the span records the rest as a
+        # malformed context (_trace_context). Trace context and baggage are ASCII; a lone
+        # surrogate (JSON carries "\ud800") would make the SDK's baggage propagator raise
+        # UnicodeEncodeError.
         if isinstance(value, str) and len(value) <= MAX_HEADER_LENGTH and value.isascii():
             return [value]
         return None
@@ -251,6 +238,20 @@ _traceparent = TraceContextTextMapPropagator()
 
 def _span_context(ctx):
     return trace.get_current_span(ctx).get_span_context()
+
+
+def _trace_context(request):
+    """What REQUEST's message carried for the worker to continue: "valid" (a usable trace
+    context), "absent" (no traceparent, or what the propagators read instead) or
+    "malformed" (one was there, but refused or unparsable)."""
+    # Baggage travels beside a trace context and tracestate only qualifies a traceparent:
+    # alone, neither is a trace to continue.
+    fields = get_global_textmap().fields - {"baggage", "tracestate"}
+    if all(_header(request, field) is None for field in fields):
+        return "absent"
+    # The getter refuses oversized and non-ASCII values, and the propagator unparsable ones:
+    # either way there is nothing to continue, though the publisher did send something.
+    return "valid" if _span_context(extract(request, getter=_getter)).is_valid else "malformed"
 
 
 def _link_to(span_context):
@@ -291,14 +292,6 @@ def _producer_context(request):
     return parent, links
 
 
-def _start_new_trace(task, **_):
-    if _standing_aside():
-        return
-    # An empty parent, not the current context: whatever is current in a worker between
-    # tasks belongs to no request.
-    _start_consumer_span(task, context.Context())
-
-
 def _start_consumer_span(task, parent, links=()):
     request = task.request
     attributes = {**_consumer_attributes(request, task.name), **_waiting_times(request)}
@@ -321,6 +314,12 @@ def _consumer_attributes(request, task_name):
         "messaging.message.id": request.id,
         "celery.task.name": task_name,
         "celery.attempt": (request.retries or 0) + 1,
+        # An eager run (task.apply(), task_always_eager) had no message: a root span of one
+        # is not an orphan of a lost publish, and the doctor must not count it as one.
+        "celery.is_eager": bool(request.is_eager),
+        # What the message carried, whatever the span's parent became: with it, the doctor
+        # can prove a root span's cause (not injected, or injected and not extracted).
+        "celery.trace_context": _trace_context(request),
     }
     # The task that published this one, if any: a chain step, callback or retry has one. A
     # consumer span with no producer span tells a republish that lost the context (the
@@ -403,6 +402,8 @@ def _end_consumer_span(task, state=None, retval=None, **_):
 
 
 def _remember_received(request, **_):
+    if _standing_aside():
+        return  # _record_failure stands aside too: nothing to keep this for
     # task_received: sent in the worker's main process for every message it accepts, with
     # the worker's Request. Some failures are reported from here later, with nothing but the
     # task id (_record_failure): the Request is where the producer's context then is.
@@ -434,13 +435,15 @@ def _record_failure(sender, exception, task_id=None, **_):
         received.otel_failure_recorded = True
         # What the pool process would have built from the same message headers.
         request = TaskRequest(received.request_dict)
-    if _installed.variant == "broken":
-        parent, links = context.Context(), []
-    else:
-        parent, links = _producer_context(request)
+    parent, links = _producer_context(request)
+    attributes = _consumer_attributes(request, sender.name)
+    if received is None:
+        # No message to read: what it carried is unknown, and "absent" would accuse its
+        # publisher of sending nothing.
+        del attributes["celery.trace_context"]
     span = _tracer.start_span(
         f"celery.failed {sender.name}", context=parent, kind=SpanKind.CONSUMER,
-        attributes=_consumer_attributes(request, sender.name), links=links,
+        attributes=attributes, links=links,
     )
     _mark_failed(span, exception)
     span.end()
@@ -458,6 +461,8 @@ def _record_retry(sender, reason, **_):
 
 
 def _record_revoked(sender, request, terminated=False, expired=False, **_):
+    if _standing_aside():
+        return  # CeleryInstrumentor records no revoked task: neither do we beside it
     # A task revoked before it starts never reaches task_prerun. Leave a short span in the
     # producer's trace, so the trace shows where the work stopped. Nothing is attached, so
     # no context can leak into the next task.

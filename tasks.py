@@ -8,6 +8,7 @@ from opentelemetry import trace
 
 import celery_signals
 import celeryconfig
+import demo_mistakes
 import orders_db
 from tracing import flush_tracing, setup_tracing
 
@@ -18,22 +19,25 @@ WORKER_SERVICE_NAME = "orders-worker"
 #   call-site    the web app injects at its call site; the worker extracts
 #   fixed        every publish injects (before_task_publish); the worker extracts
 PROPAGATION = os.environ.get("PROPAGATION", "fixed")
-# What celery_signals installs for each: the call-site injection is the web app's own.
-SIGNALS_VARIANT = {
-    "broken": "broken", "inject-only": "broken", "call-site": "call-site", "fixed": "fixed",
+# What each process installs for it: the fix, or one of the demo's mistakes (demo_mistakes.py).
+# The call-site injection is app.py's own.
+INSTALL = {
+    "broken": demo_mistakes.install_article_handler,
+    "inject-only": demo_mistakes.install_article_handler,
+    "call-site": demo_mistakes.install_worker_half,
+    "fixed": celery_signals.install,
 }
 INJECTS_AT_CALL_SITE = PROPAGATION in ("inject-only", "call-site")
 
 celery_app = Celery("orders")
 celery_app.conf.update(celeryconfig.settings())
-if PROPAGATION not in SIGNALS_VARIANT:
+if PROPAGATION not in INSTALL:
     # Say what is wrong and stop, rather than a stack trace from deep in the worker's start.
     raise SystemExit(
-        f"configuration error: PROPAGATION={PROPAGATION!r}: choose one of "
-        f"{', '.join(SIGNALS_VARIANT)}"
+        f"configuration error: PROPAGATION={PROPAGATION!r}: choose one of {', '.join(INSTALL)}"
     )
 try:
-    celery_signals.install(SIGNALS_VARIANT[PROPAGATION])
+    INSTALL[PROPAGATION]()
 except RuntimeError as error:
     raise SystemExit(f"configuration error: {error}") from None
 

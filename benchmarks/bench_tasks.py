@@ -5,12 +5,13 @@ producer (benchmarks/redis_fill.py) imports them too, so both sides are traced t
 BENCH_VARIANT says how:
 
   broken, fixed  exactly as tasks.py installs them (PROPAGATION=broken or fixed).
-  untraced       celery_signals.uninstall() undoes what tasks.py installed, and the benchmark
-                 sets OTEL_SDK_DISABLED=true: the TracerProvider that tracing.py still creates
-                 in the worker then hands out no-op tracers, so no span is recorded and its
-                 exporter never has anything to send.
-  auto           celery_signals.uninstall(), then the opentelemetry-instrumentation-celery
-                 package's receivers instead.
+  untraced       run with PROPAGATION=fixed: celery_signals.uninstall() undoes what tasks.py
+                 installed, and the benchmark sets OTEL_SDK_DISABLED=true: the
+                 TracerProvider that tracing.py still creates in the worker then hands out
+                 no-op tracers, so no span is recorded and its exporter never has anything
+                 to send.
+  auto           run with PROPAGATION=fixed: celery_signals.uninstall(), then the
+                 opentelemetry-instrumentation-celery package's receivers instead.
 
 tasks.py calls install() when it is imported, which is before this module can run: undoing
 it here is the only way to get a worker of the same app without it.

@@ -2,13 +2,13 @@
 
     python -m benchmarks.inprocess --variant fixed --batches 8 --batch-size 250
 
-The method (see "Measuring CPU per task without the noise" in the reference facts): publish N
-tasks with apply_async on kombu's memory:// transport inside one span while nothing consumes
-them, then run the published messages through Celery's own build_tracer, which sends
-task_prerun and task_postrun exactly as a worker's pool process does. Each phase is timed with
-time.process_time(): the CPU of the whole process, so the batch span processor's thread
-counts too. Taking the fastest of several small batches, this is stable to a few
-microseconds; a worker's wall clock is not.
+The method (set-up 1 in benchmarks/README.md): publish N tasks with apply_async on kombu's
+memory:// transport inside one span while nothing consumes them, then run the published
+messages through Celery's own build_tracer, which sends task_prerun and task_postrun exactly
+as a worker's pool process does. Each phase is timed with time.process_time(): the CPU of
+the whole process, so the batch span processor's thread counts too. Taking the fastest of
+several small batches, this is stable to a few microseconds; a worker's wall clock is not
+(a threaded worker's timings swing by about ±30 % from one run to the next).
 
 Spans go to a BatchSpanProcessor, as in tracing.py, but its exporter throws them away: the
 cost of queueing and batching spans is measured, the cost of sending them is not.
@@ -81,10 +81,15 @@ def set_up(variant):
         from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
         CeleryInstrumentor().instrument()
+    elif variant == "broken":
+        # What PROPAGATION=broken installs: the consumer span alone, from a context never found.
+        from demo_mistakes import install_article_handler
+
+        install_article_handler()
     else:
         from celery_signals import install
 
-        install(variant)
+        install()
     return exporter
 
 

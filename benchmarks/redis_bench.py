@@ -51,8 +51,9 @@ def deployment(variant, redis_url, sink, folder):
         env["OTEL_SDK_DISABLED"] = "true"
     workdir = folder / variant
     workdir.mkdir()
-    # tasks.py installs PROPAGATION; bench_tasks.py undoes it for untraced and auto.
-    bench = Deployment(sink, workdir, "fixed" if variant == "fixed" else "broken", redis_url,
+    # tasks.py installs PROPAGATION; bench_tasks.py undoes the fix (celery_signals) for
+    # untraced and auto.
+    bench = Deployment(sink, workdir, "broken" if variant == "broken" else "fixed", redis_url,
                        env=env)
     bench.worker_args += [
         "--include", "benchmarks.bench_tasks",

@@ -7,6 +7,7 @@ with nonsense, and the same keys again in other cases. Whatever a carrier holds,
 must run and its one consumer span must be a fresh root with no links.
 """
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -242,4 +243,14 @@ def judge(found, headers_json):
     problems = list(foreign)
     if span["status"] != "ERROR":
         problems.append(f"status {span['status']}, not the task's LookupError")
+    carried = span["attributes"].get("celery.trace_context")
+    if carried != expected_trace_context(json.loads(headers_json)):
+        problems.append(f"celery.trace_context {carried!r}")
     return problems, bool(foreign)
+
+
+def expected_trace_context(headers):
+    """What the consumer span must say the carrier held: every traceparent here is refused,
+    so "malformed", unless the carrier has none (JSON null is none); a tracestate alone
+    qualifies nothing, so it does not count."""
+    return "absent" if headers.get("traceparent") is None else "malformed"

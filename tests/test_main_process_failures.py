@@ -65,6 +65,9 @@ def assert_recorded_once_under_the_producer(spans, task, task_id, trace_id, span
     (record,) = failure_records(spans, task)
     assert (record["trace_id"], record["parent_id"]) == (trace_id, span_id)
     assert record["attributes"]["messaging.message.id"] == task_id
+    # Read from the message the main process received, as the run span would have been.
+    attributes = record["attributes"]
+    assert (attributes["celery.trace_context"], attributes["celery.is_eager"]) == ("valid", False)
     assert record["status"] == "ERROR"
     # Every span the worker wrote for this task is in the producer's trace.
     for span in spans:
