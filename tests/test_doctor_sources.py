@@ -1,7 +1,6 @@
 """Where the doctor reads spans: the sink's SQLite file, OTLP JSON in every shape the
 backends serve, Jaeger 2 and Tempo over HTTP, and input it must refuse or read around."""
 
-import base64
 import json
 import random
 import socket
@@ -26,9 +25,12 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 import doctor
+from harness.fake_tempo import FakeTempo
 from harness.polling import poll_until, port_answers
 from harness.processes import ROOT, free_port
-from tracetools.sink import TraceSink, load_spans
+from tracetools import otlp_json, sources
+from tracetools.doctor import diagnose
+from tracetools.sink import TraceSink
 from tracetools.sources import load
 
 MESSAGE = {"messaging.system": "celery", "messaging.message.id": "m1",
@@ -106,8 +108,8 @@ def test_the_sinks_otlp_json_follows_the_spec_and_reads_back_as_sqlite_does(sink
     span = json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
     assert len(span["traceId"]) == 32 and len(span["spanId"]) == 16  # hex, not base64
     assert isinstance(span["kind"], int) and isinstance(span["startTimeUnixNano"], str)
-    expected = by_id(load_spans(db))
-    assert by_id(load(lines)) == by_id(load(db)) == expected
+    expected = by_id(load(db))
+    assert by_id(load(lines)) == expected
     consumer = next(s for s in expected if s["kind"] == "CONSUMER")
     assert consumer["status"] == "ERROR" and consumer["attributes"]["flags"] == [True, False]
 
@@ -130,7 +132,7 @@ def test_the_sink_command_writes_otlp_json_lines_with_its_flag(export, tmp_path)
         sink.terminate()
         sink.wait(10)
     assert len(by_id(load(lines))) == 3
-    assert by_id(load(lines)) == by_id(load_spans(db))
+    assert by_id(load(lines)) == by_id(load(db))
 
 
 @pytest.mark.parametrize("shape", [
@@ -148,7 +150,7 @@ def test_every_backends_shape_gives_the_same_spans(export, sink_files, tmp_path,
     }[shape]
     path = tmp_path / "trace.json"
     path.write_text(json.dumps(document, indent=2 if shape == "pretty-printed" else None))
-    assert by_id(load(path)) == by_id(load_spans(sink_files[0]))
+    assert by_id(load(path)) == by_id(load(sink_files[0]))
 
 
 def test_the_command_diagnoses_a_collector_file(sink_files, capsys):
@@ -193,7 +195,7 @@ def test_missing_files_and_other_databases_exit_2(tmp_path, capsys):
 def test_a_truncated_line_is_skipped_and_counted(sink_files, tmp_path, capsys):
     line = open(sink_files[1]).readline()
     path = write(tmp_path, line + line[: len(line) // 2])  # a writer stopped mid-line
-    assert by_id(load(path, warn=lambda message: None)) == by_id(load_spans(sink_files[0]))
+    assert by_id(load(path, warn=lambda message: None)) == by_id(load(sink_files[0]))
     status, _, err = run_doctor(capsys, path)
     assert status == 1
     assert "skipped 1 unreadable line" in err
@@ -273,21 +275,87 @@ def test_jaeger_2_is_asked_for_each_service_in_a_time_window(sink_files, backend
     assert jaeger.asked[0][1]["query.num_traces"] == "1000"
 
 
-def test_tempo_is_searched_then_each_trace_fetched_with_base64_ids(export, backend, capsys):
-    document = protobuf_json(export, use_integers_for_enums=True)
-    routes = {"/api/search": (200, {"traces": []})}
-    for batch in document["resourceSpans"]:
-        trace_id = base64.b64decode(batch["scopeSpans"][0]["spans"][0]["traceId"]).hex()
-        # Tempo's search drops leading zeros; the trace API is asked with all 32 digits.
-        routes["/api/search"][1]["traces"].append({"traceID": trace_id.lstrip("0")})
-        routes[f"/api/traces/{trace_id}"] = (200, {"batches": [batch]})
-    tempo = backend(routes)
-    status, out, _ = run_doctor(capsys, f"{tempo.url}/api/search", "--json")
+def test_tempo_is_searched_for_orphans_and_only_their_traces_fetched(export, capsys):
+    spans = list(load_spans_of(export))
+    with FakeTempo(spans) as tempo:
+        status, out, _ = run_doctor(capsys, f"{tempo.url}/api/search", "--json")
     assert status == 1
-    assert json.loads(out)["causes"]["not-extracted"] == 1
-    search = tempo.asked[0][1]
-    assert set(search) == {"q", "start", "end", "limit"}
-    assert len(tempo.asked) == 3
+    diagnosis = json.loads(out)
+    assert [o["cause"] for o in diagnosis["orphans"]] == ["not-extracted"]
+    assert diagnosis["spans"] == 3
+    # The worker's root consumer span, and the producer span nobody's consumer span is under:
+    # one trace each, found by the two searches, each fetched once.
+    searches = [q for kind, q in tempo.calls if kind == "search"]
+    assert searches == [sources.TEMPO_UNPARENTED_CONSUMERS, sources.TEMPO_CHILDLESS_PRODUCERS]
+    fetched = [trace for kind, trace in tempo.calls if kind == "trace"]
+    assert sorted(fetched) == sorted({span["trace_id"] for span in spans})
+
+
+def load_spans_of(export):
+    """The span records of an export request, as the sink would store them."""
+    return otlp_json.spans(otlp_json.encode(export))
+
+
+def orders(count, orphans, unconsumed=0):
+    """COUNT traces of one order each: a request, its publish, the run under it; ORPHANS of them
+    with the run cut off into a trace of its own, UNCONSUMED with no run at all."""
+    spans = []
+    for number in range(count):
+        trace, message = f"{number + 1:032x}", f"message-{number}"
+        request, publish, run = (f"{number + 1:04x}{part:012x}" for part in (1, 2, 3))
+        start = 1_700_000_000_000_000_000 + number * 1_000_000
+        spans += [
+            made_span(trace, request, None, "POST /orders", "SERVER", "web", start),
+            made_span(trace, publish, request, "celery.apply tasks.add", "PRODUCER", "web",
+                      start + 1, message),
+        ]
+        if number >= count - unconsumed:
+            continue
+        if number < orphans:
+            spans.append(made_span(f"{number + 1:016x}{'f' * 16}", run, None,
+                                   "celery.run tasks.add", "CONSUMER", "worker", start + 2,
+                                   message))
+        else:
+            spans.append(made_span(trace, run, publish, "celery.run tasks.add", "CONSUMER",
+                                   "worker", start + 2, message))
+    return spans
+
+
+def made_span(trace_id, span_id, parent_id, name, kind, service, start_ns, message=None):
+    attributes = {"messaging.system": "celery", "celery.task.name": "tasks.add",
+                  "messaging.message.id": message} if message else {}
+    return {"trace_id": trace_id, "span_id": span_id, "parent_id": parent_id, "name": name,
+            "kind": kind, "service": service, "start_ns": start_ns, "end_ns": start_ns + 10,
+            "status": "UNSET", "attributes": attributes, "resource": {"service.name": service},
+            "links": []}
+
+
+def tempo_calls(spans):
+    """The HTTP calls the doctor's Tempo source makes for SPANS, and its diagnosis."""
+    with FakeTempo(spans) as tempo:
+        diagnosis = diagnose(load(f"{tempo.url}/api/search", since=1_600_000_000))
+    return len(tempo.calls), diagnosis
+
+
+def test_tempo_costs_http_calls_per_orphan_not_per_trace():
+    few, diagnosis = tempo_calls(orders(50, orphans=3))
+    assert [o["cause"] for o in diagnosis["orphans"]] == ["not-extracted"] * 3
+    # Ten times the traffic, the same orphans: the same calls.
+    assert tempo_calls(orders(500, orphans=3))[0] == few
+    more, diagnosis = tempo_calls(orders(50, orphans=6))
+    assert len(diagnosis["orphans"]) == 6 and more > few
+    # Per orphan: its trace and its producer's.
+    assert more - few == 3 * 2
+
+
+def test_tempo_finds_messages_never_consumed_without_reading_every_trace():
+    calls, diagnosis = tempo_calls(orders(200, orphans=2, unconsumed=3))
+    assert [n["message_id"] for n in diagnosis["never_consumed"]] == [
+        "message-197", "message-198", "message-199"]
+    assert len(diagnosis["orphans"]) == 2
+    # 2 searches for candidates, 2 orphan traces and their 2 producers' traces, 3 unconsumed
+    # producers' traces, then 1 search for consumers of those 3 messages, which finds none.
+    assert calls == 2 + 2 + 2 + 3 + 1
 
 
 def test_one_trace_from_tempos_v2_api(export, backend, capsys):
