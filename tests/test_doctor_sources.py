@@ -11,11 +11,13 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValueList
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -112,6 +114,59 @@ def test_the_sinks_otlp_json_follows_the_spec_and_reads_back_as_sqlite_does(sink
     assert by_id(load(lines)) == expected
     consumer = next(s for s in expected if s["kind"] == "CONSUMER")
     assert consumer["status"] == "ERROR" and consumer["attributes"]["flags"] == [True, False]
+
+
+def test_the_sink_keeps_values_as_the_sdk_set_them(sink_files):
+    spans = list(load(sink_files[0]))
+    attributes = {key: value for span in spans for key, value in span["attributes"].items()}
+    assert attributes["celery.attempt"] == 1 and attributes["celery.queue_time_ms"] == 1.5
+    assert attributes["raw"] == "01ff" and attributes["map"] == {"k": "v"}
+
+
+def test_the_sink_refuses_a_span_with_unreadable_ids_and_keeps_the_others(export, tmp_path):
+    broken = type(export)()
+    broken.CopyFrom(export)
+    broken.resource_spans[0].scope_spans[0].spans[0].span_id = b"\x01"
+    with TraceSink(str(tmp_path / "spans.db")) as sink:
+        reply = urllib.request.urlopen(urllib.request.Request(
+            f"{sink.endpoint}/v1/traces", data=broken.SerializeToString(),
+            headers={"Content-Type": "application/x-protobuf"}), timeout=10)
+        answer = ExportTraceServiceResponse.FromString(reply.read())
+    assert reply.status == 200  # OTLP's partial success: the exporter logs it, never retries
+    assert answer.partial_success.rejected_spans == 1
+    assert "span id" in answer.partial_success.error_message
+    assert len(list(load(sink.db_path))) == 2
+
+
+def test_each_span_comes_once_however_often_it_was_stored_and_wherever(export, sink_files,
+                                                                       tmp_path):
+    db = str(tmp_path / "twice.db")
+    with TraceSink(db) as sink:
+        for _ in range(2):  # an exporter that retried after a timeout
+            sink.store(export.SerializeToString())
+    spans = list(load([db, sink_files[1], sink_files[0]]))
+    assert len(spans) == 3 and by_id(spans) == by_id(load(sink_files[0]))
+
+
+@pytest.mark.parametrize("source", ["sqlite", "otlp-json"])
+def test_a_window_keeps_exactly_the_spans_that_started_in_it(sink_files, source):
+    path = sink_files[0 if source == "sqlite" else 1]
+    spans = sorted(load(path), key=lambda span: span["start_ns"])
+    second = spans[1]["start_ns"]
+    # [since, until) in seconds, exact to the nanosecond: the first span starts before, the
+    # third at or after the end.
+    window = {"since": Fraction(second, 10**9), "until": Fraction(spans[2]["start_ns"], 10**9)}
+    assert [s["span_id"] for s in load(path, **window)] == [spans[1]["span_id"]]
+    assert by_id(load(path, since=Fraction(second, 10**9))) == by_id(spans[1:])
+    assert by_id(load(path, until=Fraction(second, 10**9))) == by_id(spans[:1])
+
+
+@pytest.mark.parametrize("source", ["sqlite", "otlp-json"])
+def test_a_resource_filter_keeps_the_spans_of_that_resource(sink_files, source):
+    path = sink_files[0 if source == "sqlite" else 1]
+    worker = list(load(path, resource={"service.name": "worker"}))
+    assert [span["name"] for span in worker] == ["celery.run tasks.add"]
+    assert list(load(path, resource={"service.name": "worker", "other": "x"})) == []
 
 
 def test_the_sink_command_writes_otlp_json_lines_with_its_flag(export, tmp_path):

@@ -66,13 +66,15 @@ def create(db_path):
         db.executescript(SCHEMA)
 
 
-def insert(db, spans):
-    """Add SPANS (span records) to the open database DB, in its current transaction."""
-    db.executemany(
-        f"INSERT INTO spans ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-        [(*(span[column] for column in COLUMNS[:-3]),
-          *(json.dumps(span[column]) for column in JSON_COLUMNS)) for span in spans],
-    )
+def write(db_path, spans):
+    """Add SPANS (span records, any iterable: a generator is streamed) to the trace sink
+    database DB_PATH, in one transaction."""
+    with closing(_connect(db_path)) as db, db:
+        db.executemany(
+            f"INSERT INTO spans ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+            ((*(span[column] for column in COLUMNS[:-3]),
+              *(json.dumps(span[column]) for column in JSON_COLUMNS)) for span in spans),
+        )
 
 
 def iter_spans(db_path, since_ns=None, until_ns=None, resource=None):
@@ -151,8 +153,7 @@ class TraceSink:
                 # Before the SQLite commit: whoever sees the spans there finds their line whole.
                 with open(self.otlp_json_path, "a", encoding="utf-8") as lines:
                     lines.write(json.dumps(document) + "\n")
-            with closing(_connect(self.db_path)) as db, db:
-                insert(db, spans)
+            write(self.db_path, spans)
         return refused
 
     def _handler_class(self):
