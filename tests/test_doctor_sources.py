@@ -331,7 +331,7 @@ def test_jaeger_2_is_asked_for_each_service_in_a_time_window(sink_files, backend
 
 
 def test_tempo_is_searched_for_orphans_and_only_their_traces_fetched(export, capsys):
-    spans = list(load_spans_of(export))
+    spans = list(records_of(export))
     with FakeTempo(spans) as tempo:
         status, out, _ = run_doctor(capsys, f"{tempo.url}/api/search", "--json")
     assert status == 1
@@ -346,7 +346,7 @@ def test_tempo_is_searched_for_orphans_and_only_their_traces_fetched(export, cap
     assert sorted(fetched) == sorted({span["trace_id"] for span in spans})
 
 
-def load_spans_of(export):
+def records_of(export):
     """The span records of an export request, as the sink would store them."""
     return otlp_json.spans(otlp_json.encode(export))
 

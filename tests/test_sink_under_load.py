@@ -55,7 +55,7 @@ def test_a_reader_in_the_middle_of_a_read_holds_up_no_export(sink):
     post(sink, run)
     reader = sqlite3.connect(f"file:{sink.db_path}?mode=ro", uri=True, isolation_level=None)
     try:
-        # A read transaction that has started and not finished: a slow load_spans.
+        # A read transaction that has started and not finished: a slow load().
         reader.execute("BEGIN")
         assert reader.execute("SELECT count(*) FROM spans").fetchone() == (5,)
         assert post(sink, run) == 200  # with a rollback journal, it would wait for the reader
