@@ -6,7 +6,7 @@ and on the trace sink's SQLite file; and how many HTTP calls a Tempo search cost
 Writes both files (traces shaped like the example app's fixed variant: a request, two tasks,
 eight spans; one trace in ten orphans its first task, one in ten loses its email worker's
 spans), then runs `python doctor.py FILE --json` on each in a process of its own. Then serves
-N traces, K of them orphaned, from a fake Tempo (harness/fake_tempo.py) and counts the calls
+N traces, K of them orphaned, from a fake Tempo (harness/fake_backends.py) and counts the calls
 the doctor makes to it, for a few N and K. Prints one JSON object: spans, file size, wall and
 CPU time, peak RSS and what the doctor found per file; the calls per N and K.
 Not a test: at a million spans it takes minutes, and the figures depend on the machine. CI
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.fake_tempo import FakeTempo
+from harness.fake_backends import FakeTempo
 from tracetools import otlp_json, sink
 from tracetools.doctor import diagnose
 from tracetools.sources import load

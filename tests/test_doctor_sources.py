@@ -7,12 +7,10 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
 from fractions import Fraction
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from google.protobuf import json_format
@@ -27,7 +25,7 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 import doctor
-from harness.fake_tempo import FakeTempo
+from harness.fake_backends import Backend, FakeTempo
 from harness.polling import poll_until, port_answers
 from harness.processes import ROOT, free_port
 from tracetools import otlp_json, sources
@@ -270,41 +268,13 @@ def test_ids_of_the_wrong_length_skip_their_span_and_all_of_them_exit_2(sink_fil
     assert status == 2 and "no readable span" in err
 
 
-class Backend(ThreadingHTTPServer):
-    """A tracing backend's query API on 127.0.0.1: ROUTES maps a path to (status, body)."""
-
-    def __init__(self, routes):
-        self.routes, self.asked = routes, []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(handler):
-                url = urllib.parse.urlsplit(handler.path)
-                self.asked.append((url.path, dict(urllib.parse.parse_qsl(url.query))))
-                status, body = self.routes.get(url.path, (404, {"error": "not found"}))
-                body = body if isinstance(body, bytes) else json.dumps(body).encode()
-                handler.send_response(status)
-                handler.send_header("Content-Length", str(len(body)))
-                handler.end_headers()
-                handler.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        # A short poll: shutdown() waits for the loop to notice, and every test stops one.
-        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.server_port}"
-
-
 @pytest.fixture
 def backend():
     servers = []
 
     def serve(routes):
-        servers.append(Backend(routes))
+        servers.append(Backend(
+            lambda path, query: routes.get(path, (404, {"error": "not found"}))))
         return servers[-1]
 
     yield serve

@@ -1,13 +1,15 @@
-"""A Grafana Tempo query API on 127.0.0.1, serving span records: for tests and benchmarks.
+"""Tracing backends' query APIs on 127.0.0.1, for tests and benchmarks.
 
+    with Backend(lambda path, query: (200, {"result": {}})) as jaeger: ...
     with FakeTempo(spans) as tempo:
         list(load(f"{tempo.url}/api/search"))
         tempo.calls  # every request, in order: ("search", q) or ("trace", trace id)
 
-It answers as Tempo does: /api/search?q=<TraceQL>&start=&end=&limit= with the trace ids of
-the matching traces, leading zeros dropped, and /api/traces/<trace id> with {"batches": ...}
-and base64 ids. It evaluates the TraceQL that tracetools.sources sends, no other: anything
-else gets a 400, as Tempo answers a query it cannot parse, so a changed query fails loudly.
+FakeTempo serves span records and answers as Tempo does: /api/search?q=<TraceQL>&start=
+&end=&limit= with the ids of the matching traces, leading zeros dropped, and
+/api/traces/<trace id> with {"batches": ...} and base64 ids. It evaluates the TraceQL that
+tracetools.sources sends, no other: anything else gets a 400, as Tempo answers a query it
+cannot parse, so a changed query fails loudly.
 """
 
 import base64
@@ -36,14 +38,31 @@ def side(span):
             "publish": "PRODUCER", "create": "PRODUCER"}.get(operation)
 
 
-class FakeTempo(ThreadingHTTPServer):
-    def __init__(self, spans):
-        self.traces = defaultdict(list)
-        for span in spans:
-            self.traces[span["trace_id"]].append(span)
-        self.calls = []
-        super().__init__(("127.0.0.1", 0), _handler(self))
-        # A short poll: shutdown() waits for the loop to notice.
+class Backend(ThreadingHTTPServer):
+    """A tracing backend's query API on 127.0.0.1, answering GET requests with
+    ANSWER(path, query) -> (status, body): a body of bytes as it is, anything else as JSON.
+    Every request is kept in .asked as (path, query)."""
+
+    def __init__(self, answer):
+        self.asked = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(handler):
+                url = urllib.parse.urlsplit(handler.path)
+                query = dict(urllib.parse.parse_qsl(url.query))
+                self.asked.append((url.path, query))
+                status, body = answer(url.path, query)
+                body = body if isinstance(body, bytes) else json.dumps(body).encode()
+                handler.send_response(status)
+                handler.send_header("Content-Length", str(len(body)))
+                handler.end_headers()
+                handler.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        # A short poll: shutdown() waits for the loop to notice, and every test stops one.
         threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
 
     @property
@@ -56,6 +75,33 @@ class FakeTempo(ThreadingHTTPServer):
     def __exit__(self, *exc):
         self.shutdown()
         self.server_close()
+
+
+class FakeTempo(Backend):
+    """Grafana Tempo's query API over SPANS (span records)."""
+
+    def __init__(self, spans):
+        self.traces = defaultdict(list)
+        for span in spans:
+            self.traces[span["trace_id"]].append(span)
+        super().__init__(self._answer)
+
+    @property
+    def calls(self):
+        """Every request, in order: ("search", its TraceQL) or ("trace", its trace id)."""
+        return [("search", query.get("q")) if path == "/api/search" else ("trace", path[-32:])
+                for path, query in self.asked]
+
+    def _answer(self, path, query):
+        if path == "/api/search":
+            found = self.search(query.get("q", ""), int(query.get("start", 0)),
+                                int(query.get("end", 2**40)), int(query.get("limit", 20)))
+            if found is None:
+                return 400, {"error": f"unsupported TraceQL: {query.get('q')}"}
+            return 200, {"traces": [{"traceID": trace.lstrip("0")} for trace in found]}
+        trace = TRACE_PATH.fullmatch(path)
+        answer = trace and self.trace(trace[1])
+        return (200, answer) if answer else (404, {"error": "trace not found"})
 
     def search(self, q, start, end, limit):
         """The ids of the traces where a span matching Q started in [START, END) (seconds)."""
@@ -96,35 +142,3 @@ class FakeTempo(ThreadingHTTPServer):
                 for field in ("traceId", "spanId", "parentSpanId"):
                     span[field] = base64.b64encode(bytes.fromhex(span[field])).decode()
         return {"batches": batches}
-
-
-def _handler(tempo):
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            url = urllib.parse.urlsplit(self.path)
-            query = dict(urllib.parse.parse_qsl(url.query))
-            trace = TRACE_PATH.fullmatch(url.path)
-            if url.path == "/api/search":
-                tempo.calls.append(("search", query.get("q")))
-                found = tempo.search(query.get("q", ""), int(query.get("start", 0)),
-                                     int(query.get("end", 2**40)), int(query.get("limit", 20)))
-                if found is None:
-                    return self._reply(400, {"error": f"unsupported TraceQL: {query.get('q')}"})
-                return self._reply(200, {"traces": [{"traceID": t.lstrip("0")} for t in found]})
-            if trace:
-                tempo.calls.append(("trace", trace[1]))
-                answer = tempo.trace(trace[1])
-                return self._reply(*((200, answer) if answer else (404, {"error": "no trace"})))
-            self._reply(404, {"error": "not found"})
-
-        def _reply(self, status, body):
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    return Handler
