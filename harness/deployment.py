@@ -162,7 +162,7 @@ class Deployment:
     def spans(self, since=0):
         """This deployment's spans that started at or after SINCE (time.time_ns()), oldest
         first. SQLite picks them out: a poll reads this run's rows, not the whole sink."""
-        spans = load(self.sink.db_path, since=Fraction(since, 10**9),
+        spans = load(self.sink.db_path, since=Fraction(since, 10**9) if since else None,
                      resource={RUN_ATTRIBUTE: self.run_id})
         return sorted(spans, key=lambda span: span["start_ns"])
 
