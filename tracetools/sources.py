@@ -297,7 +297,9 @@ def _jaeger_queries(parts, path, query, services, start, end, limit):
 #
 # Every trace found is fetched whole, once. What the doctor then counts (spans, traces,
 # consumer spans, connected ones) covers those traces, not the whole window: the orphans, their
-# causes and the unconsumed messages are the same as from a whole export.
+# causes and the unconsumed messages are the same as from a whole export. One thing is not
+# searched for: the root spans of a worker that records no consumer span at all
+# (--worker-service); its tasks' messages still show, as never consumed.
 TEMPO_CONSUMER = ('kind = consumer || span.messaging.operation.type =~ "process|deliver"'
                   ' || span.messaging.operation =~ "process|deliver"')
 TEMPO_PRODUCER = ('kind = producer || span.messaging.operation.type =~ "send|publish|create"'
