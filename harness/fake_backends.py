@@ -118,6 +118,8 @@ class FakeTempo(Backend):
         return found[:limit]
 
     def _matcher(self, q):
+        if q == sources.TEMPO_CONSUMERS:
+            return lambda span, _, __: side(span) == "CONSUMER"
         if q == sources.TEMPO_UNPARENTED_CONSUMERS:
             return lambda span, ids, _: side(span) == "CONSUMER" and span["parent_id"] not in ids
         if q == sources.TEMPO_CHILDLESS_PRODUCERS:

@@ -308,10 +308,11 @@ def test_tempo_is_searched_for_orphans_and_only_their_traces_fetched(export, cap
     diagnosis = json.loads(out)
     assert [o["cause"] for o in diagnosis["orphans"]] == ["not-extracted"]
     assert diagnosis["spans"] == 3
-    # The worker's root consumer span, and the producer span nobody's consumer span is under:
-    # one trace each, found by the two searches, each fetched once.
+    # A sample of the traffic; the worker's root consumer span; the producer span no consumer
+    # span is under: one trace each, found by three searches, each fetched once.
     searches = [q for kind, q in tempo.calls if kind == "search"]
-    assert searches == [sources.TEMPO_UNPARENTED_CONSUMERS, sources.TEMPO_CHILDLESS_PRODUCERS]
+    assert searches == [sources.TEMPO_CONSUMERS, sources.TEMPO_UNPARENTED_CONSUMERS,
+                        sources.TEMPO_CHILDLESS_PRODUCERS]
     fetched = [trace for kind, trace in tempo.calls if kind == "trace"]
     assert sorted(fetched) == sorted({span["trace_id"] for span in spans})
 
@@ -362,15 +363,21 @@ def tempo_calls(spans):
     return len(tempo.calls), diagnosis
 
 
-def test_tempo_costs_http_calls_per_orphan_not_per_trace():
-    few, diagnosis = tempo_calls(orders(50, orphans=3))
-    assert [o["cause"] for o in diagnosis["orphans"]] == ["not-extracted"] * 3
+@pytest.mark.parametrize("orphans", [3, 6])
+def test_tempo_costs_http_calls_per_orphan_not_per_trace(orphans):
+    calls, diagnosis = tempo_calls(orders(50, orphans))
+    assert [o["cause"] for o in diagnosis["orphans"]] == ["not-extracted"] * orphans
     # Ten times the traffic, the same orphans: the same calls.
-    assert tempo_calls(orders(500, orphans=3))[0] == few
-    more, diagnosis = tempo_calls(orders(50, orphans=6))
-    assert len(diagnosis["orphans"]) == 6 and more > few
-    # Per orphan: its trace and its producer's.
-    assert more - few == 3 * 2
+    assert tempo_calls(orders(500, orphans))[0] == calls
+    # Three searches, a sample of the traffic, and per orphan its trace and its producer's.
+    assert calls <= 3 + sources.TEMPO_SAMPLE_TRACES + 2 * orphans
+
+
+def test_a_healthy_tempo_window_reads_as_healthy_not_as_empty():
+    calls, diagnosis = tempo_calls(orders(500, orphans=0))
+    assert diagnosis["orphans"] == [] and diagnosis["never_consumed"] == []
+    assert diagnosis["consumer_spans"] == diagnosis["connected"] == sources.TEMPO_SAMPLE_TRACES
+    assert calls == 3 + sources.TEMPO_SAMPLE_TRACES
 
 
 def test_tempo_finds_messages_never_consumed_without_reading_every_trace():
@@ -378,9 +385,9 @@ def test_tempo_finds_messages_never_consumed_without_reading_every_trace():
     assert [n["message_id"] for n in diagnosis["never_consumed"]] == [
         "message-197", "message-198", "message-199"]
     assert len(diagnosis["orphans"]) == 2
-    # 2 searches for candidates, 2 orphan traces and their 2 producers' traces, 3 unconsumed
-    # producers' traces, then 1 search for consumers of those 3 messages, which finds none.
-    assert calls == 2 + 2 + 2 + 3 + 1
+    # 3 searches, the sample's traces, 2 orphan traces and their 2 producers' traces, 3
+    # unconsumed producers' traces, then 1 search for consumers of those 3 messages: none.
+    assert calls <= 3 + sources.TEMPO_SAMPLE_TRACES + 2 + 2 + 3 + 1
 
 
 def test_one_trace_from_tempos_v2_api(export, backend, capsys):
