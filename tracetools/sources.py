@@ -279,24 +279,24 @@ def _jaeger_queries(parts, path, query, services, start, end, limit):
 # the few traces the doctor's verdicts depend on, with searches whose answers grow with the
 # orphans and the unconsumed messages (K), not with the traffic (N):
 #
-# 1. consumer spans that are no span's child in their own trace: roots, and spans whose
-#    parent never arrived. `{ } !> { X }` is TraceQL's "X that is not a child of anything".
-#    Not `nestedSetParent = -1`: Tempo gives that only to true roots, and leaves a span whose
-#    parent is missing unnumbered, so parent-missing orphans would go unseen. `!>` is
-#    marked experimental for its false positives, which cost a fetch here, not a verdict: the
-#    doctor judges each fetched trace whole.
-# 2. producer spans that are no consumer span's parent, `{ consumer } !< { producer }`: the
-#    producers of the orphans in 1, and the messages nobody consumed. In a healthy trace the
+# 1. a few traces with a consumer span, whatever they hold: in a healthy window the searches
+#    below find nothing, and reading nothing would say "no Celery span here" where there were
+#    thousands, all connected. A sample of the traffic says so instead.
+# 2. consumer spans that are no span's child in their own trace: roots, and spans whose
+#    parent never arrived. `{ } !> { X }`, TraceQL's not-child operator, is "X with no parent
+#    among all the spans". Not `nestedSetParent = -1`: Tempo numbers the spans that hang from
+#    a root it holds, and may leave one whose parent is missing unnumbered, so parent-missing
+#    orphans could go unseen. The structural negations are marked experimental for their false
+#    positives, which cost a fetch here, not a verdict: the doctor judges each trace whole.
+# 3. producer spans that are no consumer span's parent, `{ consumer } !< { producer }`: the
+#    producers of the orphans in 2, and the messages nobody consumed. In a healthy trace the
 #    consumer span is the producer's child, so these are few too.
-# 3. the producer spans carrying the message ids of the consumer spans in 1, by id (one
-#    message can be published several times: a retry's second publish is not in 2).
-# 4. the consumer spans carrying the message ids of the producer spans in 2, by id: a
+# 4. the producer spans carrying the message ids of the consumer spans in 2, by id (one
+#    message can be published several times: a retry's second publish is not in 3).
+# 5. the consumer spans carrying the message ids of the producer spans in 3, by id: a
 #    message is "never consumed" only if no consumer span anywhere carries its id, and the
-#    consumer may sit in a trace of its own that 1 did not return (it linked to its producer,
-#    or was judged connected there).
-# 0. before all that, a few traces with a consumer span in them, whatever they hold: in a
-#    healthy window 1 to 4 find nothing, and nothing read would say "no Celery span here"
-#    where there were thousands, all connected. A sample of the traffic says so instead.
+#    consumer may sit in a trace that 2 did not return (it linked to its producer, or its
+#    parent is another publish of the same id).
 #
 # Every trace found is fetched whole, once. What the doctor then counts (spans, traces,
 # consumer spans, connected ones) covers those traces, not the whole window: the orphans, their
