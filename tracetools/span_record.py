@@ -30,14 +30,18 @@ class Span(TypedDict):
     # The parent's span id, or None for a root: "", absent and all zeros all mean root on the
     # wire. A parent id that no span in the data carries is how a lost parent shows.
     parent_id: str | None
+    # As the instrumentation named it ("celery.run tasks.add", "run/tasks.add"): the doctor
+    # reads a task's name from it when no attribute records one.
     name: str
     # UNSPECIFIED, INTERNAL, SERVER, CLIENT, PRODUCER or CONSUMER, without the SPAN_KIND_
     # prefix: the doctor tells publish from run by it.
     kind: str
     # resource["service.name"], kept apart because every reader shows or filters by it.
     service: str | None
-    # Unix nanoseconds, as ints: Python's ints hold them exactly, floats would not.
+    # Unix nanoseconds, as ints: Python's ints hold them exactly, floats would not. Time
+    # windows (load(since=, until=)) keep a span by its start.
     start_ns: int
+    # Unix nanoseconds: how old the newest span is tells whether a trace may still be arriving.
     end_ns: int
     # UNSET, OK or ERROR: a failed publish sent no message, so it is never "never consumed".
     status: str
