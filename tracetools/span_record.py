@@ -1,8 +1,9 @@
 """The span record: one span as every part of tracetools passes it around.
 
 The sink stores it, tracetools.sources.load() yields it from every source, and the doctor,
-the viewer and the waterfall page read it. Only tracetools.otlp_json builds one, so that
-every wire format arrives in the same shape, whatever its encoding of ids, kinds and times.
+the viewer and the waterfall page read it. One module decodes spans off the wire into it,
+tracetools.otlp_json, so that every wire format arrives in the same shape, whatever its
+encoding of ids, kinds and times.
 A TypedDict, not a class: a record is a plain dict, so `span["trace_id"]` works everywhere,
 records compare with ==, and a million of them cost no more than the dicts they are.
 """
@@ -51,7 +52,8 @@ class Span(TypedDict):
     # The resource's attributes, service.name included: what a run's tag is read from
     # (harness/deployment.py's deployment.run) and what load(resource=...) filters on.
     resource: dict
-    # In the order the span lists them.
+    # The spans it links to, in its order: a root consumer span that links to its producer is
+    # connected by design, not orphaned.
     links: list[Link]
 
 
