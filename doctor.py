@@ -10,9 +10,9 @@ The work is done in tracetools/doctor.py, which your tests can call too.
 """
 
 import argparse
-import itertools
 import json
 import sys
+import time
 
 from tracetools import sources
 from tracetools.doctor import examine, report
@@ -35,8 +35,11 @@ def main(argv=None):
         help="Jaeger: a service to query; give every service that publishes or runs tasks, "
              "or a producer whose consumer was orphaned is not found",
     )
-    parser.add_argument("--lookback", default=sources.DEFAULT_LOOKBACK,
-                        help="Jaeger and Tempo searches: how far back, e.g. 15m, 2h (%(default)s)")
+    parser.add_argument(
+        "--lookback",
+        help="only spans that started this long ago or since, e.g. 15m, 2h, from any source "
+             "(Jaeger and Tempo look 1h back unless told)",
+    )
     parser.add_argument("--limit", type=int, default=sources.DEFAULT_LIMIT,
                         help="Jaeger and Tempo searches: at most this many traces (%(default)s)")
     parser.add_argument("--timeout", type=float, default=sources.DEFAULT_TIMEOUT,
@@ -47,10 +50,9 @@ def main(argv=None):
         print(f"doctor: {message}", file=sys.stderr)
 
     try:
-        spans = itertools.chain.from_iterable(
-            sources.load(source, args.service, args.lookback, args.limit, args.timeout, warn)
-            for source in args.sources
-        )
+        since = time.time() - sources.duration(args.lookback) if args.lookback else None
+        spans = sources.load(args.sources, services=args.service, since=since,
+                             limit=args.limit, timeout=args.timeout, warn=warn)
         findings = examine(spans, args.worker_service)
     except sources.SourceError as error:
         warn(str(error))

@@ -1,37 +1,44 @@
 """How the doctor copes with a million spans: time and peak memory, on an OTLP JSON lines file
-and on the trace sink's SQLite file.
+and on the trace sink's SQLite file; and how many HTTP calls a Tempo search costs it.
 
     python -m benchmarks.doctor_scale [--spans 1000000] [--folder DIR]
 
 Writes both files (traces shaped like the example app's fixed variant: a request, two tasks,
 eight spans; one trace in ten orphans its first task, one in ten loses its email worker's
-spans), then runs `python doctor.py FILE --json` on each in a process of its own and prints
-one JSON object: spans, file size, wall and CPU time, peak RSS, and what the doctor found.
-Not a test: it takes minutes, and the figures depend on the machine.
+spans), then runs `python doctor.py FILE --json` on each in a process of its own. Then serves
+N traces, K of them orphaned, from a fake Tempo (harness/fake_backends.py) and counts the calls
+the doctor makes to it, for a few N and K. Prints one JSON object: spans, file size, wall and
+CPU time, peak RSS and what the doctor found per file; the calls per N and K.
+Not a test: at a million spans it takes minutes, and the figures depend on the machine. CI
+runs it with a few thousand spans, so that it keeps working.
 """
 
 import argparse
 import json
 import os
 import random
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from tracetools.sink import SCHEMA
-from tracetools.sources import COLUMNS
+from harness.fake_backends import FakeTempo
+from tracetools import otlp_json, sink
+from tracetools.doctor import diagnose
+from tracetools.sources import load
 
 ROOT = Path(__file__).resolve().parent.parent
 SPANS_PER_TRACE = 8
 TRACES_PER_LINE = 64  # a batch of 512 spans per line, as an SDK's batch processor sends them
-KINDS = {"INTERNAL": 1, "SERVER": 2, "PRODUCER": 4, "CONSUMER": 5}
+# (traces, orphaned traces) served from the fake Tempo: the calls should follow the second.
+TEMPO_WINDOWS = ((100, 5), (1000, 5), (1000, 50), (5000, 50))
 
 
-def trace_spans(number, rng):
-    """One order's spans in the sink's shape: request, two publishes and runs, task spans."""
+def trace_spans(number, rng, orphaned=None, lost=None):
+    """One order's spans as span records: request, two publishes and runs, task spans.
+    ORPHANED: the first run starts a trace of its own (default: one trace in ten); LOST: the
+    email worker's spans never arrive (default: another one in ten)."""
     trace_id = f"{rng.getrandbits(128):032x}"
     ids = [f"{rng.getrandbits(64):016x}" for _ in range(SPANS_PER_TRACE)]
     start = 1_700_000_000_000_000_000 + number * 10_000_000
@@ -65,12 +72,13 @@ def trace_spans(number, rng):
             "end_ns": start + index * 1000 + 500, "status": "UNSET", "attributes": attributes,
             "resource": {"service.name": service}, "links": [],
         })
-    if number % 10 == 3:  # a worker that did not extract: its run starts a trace of its own
+    if number % 10 == 3 if orphaned is None else orphaned:
+        # A worker that did not extract: its run starts a trace of its own.
         orphan_trace = f"{rng.getrandbits(128):032x}"
         for span in spans[2:5]:
             span["trace_id"] = orphan_trace
         spans[2]["parent_id"] = None
-    if number % 10 == 7:  # the email worker's spans were lost
+    if number % 10 == 7 if lost is None else lost:  # the email worker's spans were lost
         spans = spans[:6]
     return spans
 
@@ -85,57 +93,21 @@ def all_spans(count, seed=0):
         yield spans
 
 
-def otlp_line(spans):
-    """One batch as the Collector's file exporter writes it: a resourceSpans per service."""
-    by_service = {}
-    for span in spans:
-        by_service.setdefault(span["service"], []).append({
-            "traceId": span["trace_id"], "spanId": span["span_id"],
-            **({"parentSpanId": span["parent_id"]} if span["parent_id"] else {}),
-            "name": span["name"], "kind": KINDS[span["kind"]],
-            "startTimeUnixNano": str(span["start_ns"]), "endTimeUnixNano": str(span["end_ns"]),
-            "attributes": [{"key": k, "value": _any_value(v)}
-                           for k, v in span["attributes"].items()],
-            "status": {},
-        })
-    return json.dumps({"resourceSpans": [
-        {"resource": {"attributes": [{"key": "service.name",
-                                      "value": {"stringValue": service}}]},
-         "scopeSpans": [{"scope": {"name": "scale"}, "spans": spans}]}
-        for service, spans in by_service.items()
-    ]})
-
-
-def _any_value(value):
-    return {"intValue": str(value)} if isinstance(value, int) else {"stringValue": value}
-
-
 def write_files(count, folder):
     lines_path, db_path = folder / "spans.jsonl", folder / "spans.db"
-    db = sqlite3.connect(db_path)
-    db.execute(SCHEMA)
-    batch = []
+    sink.create(db_path)
     with open(lines_path, "w") as lines:
+        batch = []
         for number, spans in enumerate(all_spans(count), 1):
             batch += spans
             if number % TRACES_PER_LINE == 0:
-                flush(batch, lines, db)
+                lines.write(json.dumps(otlp_json.document_of(batch)) + "\n")
                 batch = []
-        flush(batch, lines, db)
-    db.commit()
-    db.close()
+        if batch:
+            lines.write(json.dumps(otlp_json.document_of(batch)) + "\n")
+    # Streamed, one transaction: the sink's own writer, as a day of exports would fill it.
+    sink.write(db_path, (span for spans in all_spans(count) for span in spans))
     return lines_path, db_path
-
-
-def flush(spans, lines, db):
-    if not spans:
-        return
-    lines.write(otlp_line(spans) + "\n")
-    db.executemany(
-        f"INSERT INTO spans ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-        [(*(s[c] for c in COLUMNS[:9]), json.dumps(s["attributes"]),
-          json.dumps(s["resource"]), json.dumps(s["links"])) for s in spans],
-    )
 
 
 def measure(path):
@@ -166,9 +138,28 @@ def measure(path):
     }
 
 
+def tempo_calls(traces, orphans):
+    """The doctor's HTTP calls to a Tempo /api/search source holding TRACES orders, the first
+    ORPHANS of them with their run cut off; and the orphans it found."""
+    rng = random.Random(traces * 7919 + orphans)
+    spans = [span for number in range(traces)
+             for span in trace_spans(number, rng, orphaned=number < orphans, lost=False)]
+    with FakeTempo(spans) as tempo:
+        diagnosis = diagnose(load(f"{tempo.url}/api/search", since=0, until=2**33))
+    if len(diagnosis["orphans"]) != orphans:
+        raise SystemExit(f"the doctor found {len(diagnosis['orphans'])} orphans in a Tempo "
+                         f"holding {orphans}")
+    searches = sum(1 for kind, _ in tempo.calls if kind == "search")
+    return {"traces": traces, "orphaned": orphans, "http_calls": len(tempo.calls),
+            "searches": searches, "traces_fetched": len(tempo.calls) - searches,
+            # What reading the window whole costs: one search, then every trace.
+            "http_calls_fetching_every_trace": traces + 1}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spans", type=int, default=1_000_000)
+    parser.add_argument("--spans", "--size", type=int, default=1_000_000,
+                        help="spans in each file (%(default)s)")
     parser.add_argument("--folder", type=Path, help="keep the files here (default: deleted)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="doctor-scale-") as tmp:
@@ -178,7 +169,8 @@ def main():
         lines_path, db_path = write_files(args.spans, folder)
         written = round(time.monotonic() - started, 1)
         report = {"generated_in_seconds": written, "otlp_json": measure(lines_path),
-                  "sqlite": measure(db_path)}
+                  "sqlite": measure(db_path),
+                  "tempo": [tempo_calls(*window) for window in TEMPO_WINDOWS]}
     print(json.dumps(report, indent=2))
 
 

@@ -9,6 +9,7 @@ import json
 import urllib.error
 import urllib.request
 import uuid
+from fractions import Fraction
 from urllib.parse import urlparse
 
 from celery import Celery
@@ -16,7 +17,7 @@ from celery import Celery
 import celeryconfig
 from harness.polling import poll_until, port_answers
 from harness.processes import check_alive, log_text, start_web, start_worker, stop_all
-from tracetools.sink import load_spans
+from tracetools.sources import load
 
 BROKER_URLS = {
     "filesystem": "filesystem://",
@@ -159,9 +160,11 @@ class Deployment:
         )
 
     def spans(self, since=0):
-        """This deployment's spans that started at or after SINCE (time.time_ns())."""
-        spans = load_spans(self.sink.db_path, **{RUN_ATTRIBUTE: self.run_id})
-        return [span for span in spans if span["start_ns"] >= since]
+        """This deployment's spans that started at or after SINCE (time.time_ns()), oldest
+        first. SQLite picks them out: a poll reads this run's rows, not the whole sink."""
+        spans = load(self.sink.db_path, since=Fraction(since, 10**9) if since else None,
+                     resource={RUN_ATTRIBUTE: self.run_id})
+        return sorted(spans, key=lambda span: span["start_ns"])
 
     def wait_for_spans(self, ready, since=0, deadline=SPANS_DEADLINE, check=None):
         """Poll this deployment's spans since SINCE until READY(spans) is true; return them.

@@ -10,7 +10,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from tracetools.sink import load_spans
+from tracetools.sources import load
 
 RUN_ATTRIBUTE = "hammer.run"
 
@@ -56,7 +56,7 @@ def read(db_path, run, expected, deadline, reader, results):
     failures, loads, give_up = [], 0, time.monotonic() + deadline
     while time.monotonic() < give_up:
         try:
-            found = len(load_spans(db_path, **{RUN_ATTRIBUTE: run}))
+            found = sum(1 for _ in load(db_path, resource={RUN_ATTRIBUTE: run}))
         except Exception as error:  # whatever it is, it is the finding
             failures.append(f"{type(error).__name__}: {error}")
             continue

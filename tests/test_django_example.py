@@ -5,13 +5,14 @@ import json
 import os
 import time
 import urllib.request
+from fractions import Fraction
 
 from brokers import require
 from traces import assert_edges, complete, names
 
 from harness.polling import poll_until, port_answers
 from harness.processes import ROOT, free_port, start, stop_all, wait_until_ready, worker_args
-from tracetools.sink import load_spans
+from tracetools.sources import load
 
 PROJECT = ROOT / "tutorial" / "django_project"
 TASK = "orders_site.tasks.process_order"
@@ -45,8 +46,8 @@ def test_a_django_request_and_its_task_share_one_trace(sink, tmp_path):
         wanted = {request_name, f"celery.run {TASK}", "send_confirmation"}
 
         def arrived():
-            spans = [s for s in load_spans(sink.db_path, **{"test.django": str(port)})
-                     if s["start_ns"] >= since]
+            spans = list(load(sink.db_path, since=Fraction(since, 10**9),
+                              resource={"test.django": str(port)}))
             return spans if wanted <= names(spans) and complete(spans) else None
 
         spans = poll_until(arrived, 30, "the request's spans")

@@ -166,12 +166,6 @@ def test_a_worker_services_root_that_is_not_a_celery_span_is_orphaned_when_asked
     assert diagnose(spans, worker_services=["worker"])["orphans"][0]["task"] is None
 
 
-def test_a_span_read_twice_counts_once():
-    producer = publish("m1")
-    consumer = run("m1", under=producer)
-    assert diagnose([producer, consumer, dict(consumer)])["spans"] == 2
-
-
 def test_the_report_puts_the_worst_cause_first_with_its_fix_and_chapter():
     spans = [run("a"), run("b"), publish("c"), run("c"), run("d", parent="00000000000000ee")]
     text = report(examine(spans), now=0)

@@ -14,7 +14,7 @@ from harness.deployment import RUN_ATTRIBUTE, app_env
 from harness.polling import poll_until
 from harness.processes import ROOT, check_alive, log_text, start, stop_all, worker_args
 from tracetools.doctor import assert_no_orphans, diagnose
-from tracetools.sink import load_spans
+from tracetools.sources import load
 
 TASKS = 3
 RUN = "run/auto.work"
@@ -61,7 +61,7 @@ def auto_spans(sink, tmp_path_factory):
         )
 
     def spans(name):
-        return load_spans(sink.db_path, **{RUN_ATTRIBUTE: runs[name]})
+        return list(load(sink.db_path, resource={RUN_ATTRIBUTE: runs[name]}))
 
     try:
         with ThreadPoolExecutor(len(WORKERS)) as pool:

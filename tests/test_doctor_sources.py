@@ -1,22 +1,21 @@
 """Where the doctor reads spans: the sink's SQLite file, OTLP JSON in every shape the
 backends serve, Jaeger 2 and Tempo over HTTP, and input it must refuse or read around."""
 
-import base64
 import json
 import random
 import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from fractions import Fraction
 
 import pytest
 from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValueList
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -26,9 +25,12 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 import doctor
+from harness.fake_backends import Backend, FakeTempo
 from harness.polling import poll_until, port_answers
 from harness.processes import ROOT, free_port
-from tracetools.sink import TraceSink, load_spans
+from tracetools import otlp_json, sources
+from tracetools.doctor import diagnose
+from tracetools.sink import TraceSink
 from tracetools.sources import load
 
 MESSAGE = {"messaging.system": "celery", "messaging.message.id": "m1",
@@ -106,10 +108,63 @@ def test_the_sinks_otlp_json_follows_the_spec_and_reads_back_as_sqlite_does(sink
     span = json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
     assert len(span["traceId"]) == 32 and len(span["spanId"]) == 16  # hex, not base64
     assert isinstance(span["kind"], int) and isinstance(span["startTimeUnixNano"], str)
-    expected = by_id(load_spans(db))
-    assert by_id(load(lines)) == by_id(load(db)) == expected
+    expected = by_id(load(db))
+    assert by_id(load(lines)) == expected
     consumer = next(s for s in expected if s["kind"] == "CONSUMER")
     assert consumer["status"] == "ERROR" and consumer["attributes"]["flags"] == [True, False]
+
+
+def test_the_sink_keeps_values_as_the_sdk_set_them(sink_files):
+    spans = list(load(sink_files[0]))
+    attributes = {key: value for span in spans for key, value in span["attributes"].items()}
+    assert attributes["celery.attempt"] == 1 and attributes["celery.queue_time_ms"] == 1.5
+    assert attributes["raw"] == "01ff" and attributes["map"] == {"k": "v"}
+
+
+def test_the_sink_refuses_a_span_with_unreadable_ids_and_keeps_the_others(export, tmp_path):
+    broken = type(export)()
+    broken.CopyFrom(export)
+    broken.resource_spans[0].scope_spans[0].spans[0].span_id = b"\x01"
+    with TraceSink(str(tmp_path / "spans.db")) as sink:
+        reply = urllib.request.urlopen(urllib.request.Request(
+            f"{sink.endpoint}/v1/traces", data=broken.SerializeToString(),
+            headers={"Content-Type": "application/x-protobuf"}), timeout=10)
+        answer = ExportTraceServiceResponse.FromString(reply.read())
+    assert reply.status == 200  # OTLP's partial success: the exporter logs it, never retries
+    assert answer.partial_success.rejected_spans == 1
+    assert "span id" in answer.partial_success.error_message
+    assert len(list(load(sink.db_path))) == 2
+
+
+def test_each_span_comes_once_however_often_it_was_stored_and_wherever(export, sink_files,
+                                                                       tmp_path):
+    db = str(tmp_path / "twice.db")
+    with TraceSink(db) as sink:
+        for _ in range(2):  # an exporter that retried after a timeout
+            sink.store(export.SerializeToString())
+    spans = list(load([db, sink_files[1], sink_files[0]]))
+    assert len(spans) == 3 and by_id(spans) == by_id(load(sink_files[0]))
+
+
+@pytest.mark.parametrize("source", ["sqlite", "otlp-json"])
+def test_a_window_keeps_exactly_the_spans_that_started_in_it(sink_files, source):
+    path = sink_files[0 if source == "sqlite" else 1]
+    spans = sorted(load(path), key=lambda span: span["start_ns"])
+    second = spans[1]["start_ns"]
+    # [since, until) in seconds, exact to the nanosecond: the first span starts before, the
+    # third at or after the end.
+    window = {"since": Fraction(second, 10**9), "until": Fraction(spans[2]["start_ns"], 10**9)}
+    assert [s["span_id"] for s in load(path, **window)] == [spans[1]["span_id"]]
+    assert by_id(load(path, since=Fraction(second, 10**9))) == by_id(spans[1:])
+    assert by_id(load(path, until=Fraction(second, 10**9))) == by_id(spans[:1])
+
+
+@pytest.mark.parametrize("source", ["sqlite", "otlp-json"])
+def test_a_resource_filter_keeps_the_spans_of_that_resource(sink_files, source):
+    path = sink_files[0 if source == "sqlite" else 1]
+    worker = list(load(path, resource={"service.name": "worker"}))
+    assert [span["name"] for span in worker] == ["celery.run tasks.add"]
+    assert list(load(path, resource={"service.name": "worker", "other": "x"})) == []
 
 
 def test_the_sink_command_writes_otlp_json_lines_with_its_flag(export, tmp_path):
@@ -130,7 +185,7 @@ def test_the_sink_command_writes_otlp_json_lines_with_its_flag(export, tmp_path)
         sink.terminate()
         sink.wait(10)
     assert len(by_id(load(lines))) == 3
-    assert by_id(load(lines)) == by_id(load_spans(db))
+    assert by_id(load(lines)) == by_id(load(db))
 
 
 @pytest.mark.parametrize("shape", [
@@ -148,7 +203,7 @@ def test_every_backends_shape_gives_the_same_spans(export, sink_files, tmp_path,
     }[shape]
     path = tmp_path / "trace.json"
     path.write_text(json.dumps(document, indent=2 if shape == "pretty-printed" else None))
-    assert by_id(load(path)) == by_id(load_spans(sink_files[0]))
+    assert by_id(load(path)) == by_id(load(sink_files[0]))
 
 
 def test_the_command_diagnoses_a_collector_file(sink_files, capsys):
@@ -193,7 +248,7 @@ def test_missing_files_and_other_databases_exit_2(tmp_path, capsys):
 def test_a_truncated_line_is_skipped_and_counted(sink_files, tmp_path, capsys):
     line = open(sink_files[1]).readline()
     path = write(tmp_path, line + line[: len(line) // 2])  # a writer stopped mid-line
-    assert by_id(load(path, warn=lambda message: None)) == by_id(load_spans(sink_files[0]))
+    assert by_id(load(path, warn=lambda message: None)) == by_id(load(sink_files[0]))
     status, _, err = run_doctor(capsys, path)
     assert status == 1
     assert "skipped 1 unreadable line" in err
@@ -213,41 +268,13 @@ def test_ids_of_the_wrong_length_skip_their_span_and_all_of_them_exit_2(sink_fil
     assert status == 2 and "no readable span" in err
 
 
-class Backend(ThreadingHTTPServer):
-    """A tracing backend's query API on 127.0.0.1: ROUTES maps a path to (status, body)."""
-
-    def __init__(self, routes):
-        self.routes, self.asked = routes, []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(handler):
-                url = urllib.parse.urlsplit(handler.path)
-                self.asked.append((url.path, dict(urllib.parse.parse_qsl(url.query))))
-                status, body = self.routes.get(url.path, (404, {"error": "not found"}))
-                body = body if isinstance(body, bytes) else json.dumps(body).encode()
-                handler.send_response(status)
-                handler.send_header("Content-Length", str(len(body)))
-                handler.end_headers()
-                handler.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        # A short poll: shutdown() waits for the loop to notice, and every test stops one.
-        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.server_port}"
-
-
 @pytest.fixture
 def backend():
     servers = []
 
     def serve(routes):
-        servers.append(Backend(routes))
+        servers.append(Backend(
+            lambda path, query: routes.get(path, (404, {"error": "not found"}))))
         return servers[-1]
 
     yield serve
@@ -273,21 +300,94 @@ def test_jaeger_2_is_asked_for_each_service_in_a_time_window(sink_files, backend
     assert jaeger.asked[0][1]["query.num_traces"] == "1000"
 
 
-def test_tempo_is_searched_then_each_trace_fetched_with_base64_ids(export, backend, capsys):
-    document = protobuf_json(export, use_integers_for_enums=True)
-    routes = {"/api/search": (200, {"traces": []})}
-    for batch in document["resourceSpans"]:
-        trace_id = base64.b64decode(batch["scopeSpans"][0]["spans"][0]["traceId"]).hex()
-        # Tempo's search drops leading zeros; the trace API is asked with all 32 digits.
-        routes["/api/search"][1]["traces"].append({"traceID": trace_id.lstrip("0")})
-        routes[f"/api/traces/{trace_id}"] = (200, {"batches": [batch]})
-    tempo = backend(routes)
-    status, out, _ = run_doctor(capsys, f"{tempo.url}/api/search", "--json")
+def test_tempo_is_searched_for_orphans_and_only_their_traces_fetched(export, capsys):
+    spans = list(records_of(export))
+    with FakeTempo(spans) as tempo:
+        status, out, _ = run_doctor(capsys, f"{tempo.url}/api/search", "--json")
     assert status == 1
-    assert json.loads(out)["causes"]["not-extracted"] == 1
-    search = tempo.asked[0][1]
-    assert set(search) == {"q", "start", "end", "limit"}
-    assert len(tempo.asked) == 3
+    diagnosis = json.loads(out)
+    assert [o["cause"] for o in diagnosis["orphans"]] == ["not-extracted"]
+    assert diagnosis["spans"] == 3
+    # A sample of the traffic; the worker's root consumer span; the producer span no consumer
+    # span is under: one trace each, found by three searches, each fetched once.
+    searches = [q for kind, q in tempo.calls if kind == "search"]
+    assert searches == [sources.TEMPO_CONSUMERS, sources.TEMPO_UNPARENTED_CONSUMERS,
+                        sources.TEMPO_CHILDLESS_PRODUCERS]
+    fetched = [trace for kind, trace in tempo.calls if kind == "trace"]
+    assert sorted(fetched) == sorted({span["trace_id"] for span in spans})
+
+
+def records_of(export):
+    """The span records of an export request, as the sink would store them."""
+    return otlp_json.spans(otlp_json.encode(export))
+
+
+def orders(count, orphans, unconsumed=0):
+    """COUNT traces of one order each: a request, its publish, the run under it; ORPHANS of them
+    with the run cut off into a trace of its own, UNCONSUMED with no run at all."""
+    spans = []
+    for number in range(count):
+        trace, message = f"{number + 1:032x}", f"message-{number}"
+        request, publish, run = (f"{number + 1:04x}{part:012x}" for part in (1, 2, 3))
+        start = 1_700_000_000_000_000_000 + number * 1_000_000
+        spans += [
+            made_span(trace, request, None, "POST /orders", "SERVER", "web", start),
+            made_span(trace, publish, request, "celery.apply tasks.add", "PRODUCER", "web",
+                      start + 1, message),
+        ]
+        if number >= count - unconsumed:
+            continue
+        if number < orphans:
+            spans.append(made_span(f"{number + 1:016x}{'f' * 16}", run, None,
+                                   "celery.run tasks.add", "CONSUMER", "worker", start + 2,
+                                   message))
+        else:
+            spans.append(made_span(trace, run, publish, "celery.run tasks.add", "CONSUMER",
+                                   "worker", start + 2, message))
+    return spans
+
+
+def made_span(trace_id, span_id, parent_id, name, kind, service, start_ns, message=None):
+    attributes = {"messaging.system": "celery", "celery.task.name": "tasks.add",
+                  "messaging.message.id": message} if message else {}
+    return {"trace_id": trace_id, "span_id": span_id, "parent_id": parent_id, "name": name,
+            "kind": kind, "service": service, "start_ns": start_ns, "end_ns": start_ns + 10,
+            "status": "UNSET", "attributes": attributes, "resource": {"service.name": service},
+            "links": []}
+
+
+def tempo_calls(spans):
+    """The HTTP calls the doctor's Tempo source makes for SPANS, and its diagnosis."""
+    with FakeTempo(spans) as tempo:
+        diagnosis = diagnose(load(f"{tempo.url}/api/search", since=1_600_000_000))
+    return len(tempo.calls), diagnosis
+
+
+@pytest.mark.parametrize("orphans", [3, 6])
+def test_tempo_costs_http_calls_per_orphan_not_per_trace(orphans):
+    calls, diagnosis = tempo_calls(orders(50, orphans))
+    assert [o["cause"] for o in diagnosis["orphans"]] == ["not-extracted"] * orphans
+    # Ten times the traffic, the same orphans: the same calls.
+    assert tempo_calls(orders(500, orphans))[0] == calls
+    # Three searches, a sample of the traffic, and per orphan its trace and its producer's.
+    assert calls <= 3 + sources.TEMPO_SAMPLE_TRACES + 2 * orphans
+
+
+def test_a_healthy_tempo_window_reads_as_healthy_not_as_empty():
+    calls, diagnosis = tempo_calls(orders(500, orphans=0))
+    assert diagnosis["orphans"] == [] and diagnosis["never_consumed"] == []
+    assert diagnosis["consumer_spans"] == diagnosis["connected"] == sources.TEMPO_SAMPLE_TRACES
+    assert calls == 3 + sources.TEMPO_SAMPLE_TRACES
+
+
+def test_tempo_finds_messages_never_consumed_without_reading_every_trace():
+    calls, diagnosis = tempo_calls(orders(200, orphans=2, unconsumed=3))
+    assert [n["message_id"] for n in diagnosis["never_consumed"]] == [
+        "message-197", "message-198", "message-199"]
+    assert len(diagnosis["orphans"]) == 2
+    # 3 searches, the sample's traces, 2 orphan traces and their 2 producers' traces, 3
+    # unconsumed producers' traces, then 1 search for consumers of those 3 messages: none.
+    assert calls <= 3 + sources.TEMPO_SAMPLE_TRACES + 2 + 2 + 3 + 1
 
 
 def test_one_trace_from_tempos_v2_api(export, backend, capsys):

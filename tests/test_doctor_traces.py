@@ -1,5 +1,6 @@
 """The doctor on real traces: every variant's order and the call-site variant's lost publish
-paths, from real workers, read back from a trace sink's SQLite file and its OTLP JSON lines."""
+paths, from real workers, read back from a trace sink's SQLite file and its OTLP JSON lines,
+and searched in a Tempo that holds them."""
 
 import json
 import os
@@ -15,6 +16,7 @@ from traces import REQUEST, RUN, complete, names
 
 import doctor
 from harness.deployment import RUN_ATTRIBUTE, Deployment
+from harness.fake_backends import FakeTempo
 from harness.processes import ROOT, stop_all
 from tracetools.doctor import CHAPTER, assert_no_orphans, diagnose, examine, load, report
 from tracetools.sink import TraceSink
@@ -22,6 +24,8 @@ from tracetools.view import verdict
 
 VARIANTS = list(VARIANT_ORPHANS)
 SOURCES = ["sqlite", "otlp-json"]
+# Tempo is searched for the orphans' traces, not read whole: the same verdicts all the same.
+READ_FROM = [*SOURCES, "tempo"]
 ORDER_SPANS = {REQUEST, RUN, "send_confirmation", "render_email"}
 # The README's demo verdicts (`python demo.py --json`), which view.verdict must still give.
 DEMO_ORPHANS = {"broken": 2, "inject-only": 2, "call-site": 1, "fixed": 0}
@@ -84,13 +88,14 @@ def scenarios(deployment):
 
 
 def spans_of(recorded, source, run):
-    return [
-        span for span in load(recorded.files[source])
-        if span["resource"].get(RUN_ATTRIBUTE) == recorded.runs[run]
-    ]
+    resource = {RUN_ATTRIBUTE: recorded.runs[run]}
+    if source != "tempo":
+        return list(load(recorded.files[source], resource=resource))
+    with FakeTempo(load(recorded.files["sqlite"], resource=resource)) as tempo:
+        return list(load(f"{tempo.url}/api/search"))
 
 
-@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("source", READ_FROM)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_each_variants_orphans_get_their_declared_cause(recorded, variant, source):
     diagnosis = diagnose(spans_of(recorded, source, variant))
@@ -101,7 +106,7 @@ def test_each_variants_orphans_get_their_declared_cause(recorded, variant, sourc
     assert diagnosis["connected"] == diagnosis["consumer_spans"] - len(causes)
 
 
-@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("source", READ_FROM)
 def test_fixed_passes_the_check_users_put_in_their_tests(recorded, source):
     assert_no_orphans(spans_of(recorded, source, "fixed"))
     with pytest.raises(AssertionError, match="not-injected"):
@@ -117,7 +122,7 @@ def test_the_otlp_json_file_holds_exactly_the_spans_sqlite_holds(recorded):
     assert len(from_sqlite) > 50
 
 
-@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("source", READ_FROM)
 def test_call_site_loses_chain_steps_and_callbacks_as_republished_without_context(
     recorded, source
 ):

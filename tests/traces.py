@@ -69,7 +69,7 @@ T0 = 1_700_000_000 * 1_000_000_000
 
 def made(name, span_id, trace_id, parent_id=None, start=0, end=1, service="orders-web",
          kind="INTERNAL", status="UNSET"):
-    """A span made by hand, in the trace sink's shape; START and END in ms from T0."""
+    """A span record (tracetools.span_record) made by hand; START and END in ms from T0."""
     return {
         "trace_id": trace_id * 32 if len(trace_id) == 1 else trace_id,
         "span_id": span_id, "parent_id": parent_id, "name": name, "kind": kind,

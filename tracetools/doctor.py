@@ -27,6 +27,7 @@ from collections import Counter, defaultdict, deque
 from typing import NamedTuple
 
 from tracetools.sources import SourceError, load
+from tracetools.span_record import MESSAGE_ID_KEYS
 
 __all__ = [
     "CAUSES", "Findings", "SourceError", "assert_no_orphans", "diagnose", "examine", "load",
@@ -84,7 +85,6 @@ OPERATION_SIDES = {
     "process": "CONSUMER", "deliver": "CONSUMER",
 }
 # The current names first, then those older opentelemetry-instrumentation-celery releases wrote.
-MESSAGE_ID_KEYS = ("messaging.message.id", "messaging.message_id")
 TASK_NAME_KEYS = ("celery.task.name", "celery.task_name")
 # Spans this young may still have company on the way: exporters batch, backends index late.
 RECENT_SECONDS = 60
@@ -120,7 +120,8 @@ class Findings(NamedTuple):
 
 
 def diagnose(spans, worker_services=()):
-    """The doctor's judgement of SPANS (an iterable of span dicts in the trace sink's shape),
+    """The doctor's judgement of SPANS (an iterable of span records, each once, as
+    tracetools.sources.load() gives them),
     as the object `doctor.py --json` prints:
 
     {"spans", "traces", "consumer_spans", "connected",
@@ -150,9 +151,7 @@ def examine(spans, worker_services=()):
     ids, traces = set(), {}
     celery = []
     newest = None
-    for span in spans:
-        if span["span_id"] in ids:
-            continue  # read twice: two sources that overlap, an export the sink got twice
+    for span in spans:  # each once: tracetools.sources.load() sees to it
         ids.add(span["span_id"])
         # One string per trace id, however many spans keep it.
         trace_id = traces.setdefault(span["trace_id"], span["trace_id"])

@@ -1,9 +1,13 @@
 """OTLP JSON, read and written: what the Collector's file exporter, Jaeger 2 and Tempo serve.
 
+The one decoder of spans in tracetools: the sink turns each protobuf export into this JSON
+(encode) and reads it back here like any file or backend answer, so that both wire formats
+give the same span records (tracetools.span_record) by one path.
+
 The spec's JSON encoding differs from protobuf's own JSON mapping in the ways that bite: trace
 and span ids are hex (protobuf's mapping, and Tempo, give base64), enums such as `kind` are
 integers (old Jaeger gateways gave "SPAN_KIND_SERVER"), and 64-bit integers, times included,
-are strings. The reader takes all of these; the writer writes what the spec says.
+are strings. The reader takes all of these; the writers write what the spec says.
 """
 
 import base64
@@ -11,6 +15,8 @@ import binascii
 import re
 
 from google.protobuf import json_format
+
+from tracetools.span_record import Span
 
 KINDS = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
 STATUSES = ("UNSET", "OK", "ERROR")
@@ -26,6 +32,8 @@ class NotOtlp(ValueError):
 def encode(export_request):
     """An ExportTraceServiceRequest as the OTLP JSON object the spec describes: hex ids."""
     document = json_format.MessageToDict(export_request, use_integers_for_enums=True)
+    # protobuf's mapping leaves out an empty list: an empty export is still a document.
+    document.setdefault("resourceSpans", [])
     for span in _spans_of(document):
         for field in ("traceId", "spanId", "parentSpanId"):
             if field in span:
@@ -35,6 +43,31 @@ def encode(export_request):
                 if field in link:
                     link[field] = base64.b64decode(link[field]).hex()
     return document
+
+
+def document_of(spans):
+    """SPANS (span records) as one OTLP JSON document, hex ids: what a file exporter or a
+    backend would hold for them, one resourceSpans per resource."""
+    batches = {}
+    for span in spans:
+        resource = span["resource"]
+        if span["service"] is not None and "service.name" not in resource:
+            resource = {**resource, "service.name": span["service"]}
+        batch = batches.setdefault(repr(sorted(resource.items())), {
+            "resource": {"attributes": _key_values(resource)},
+            "scopeSpans": [{"scope": {"name": "tracetools"}, "spans": []}],
+        })
+        batch["scopeSpans"][0]["spans"].append({
+            "traceId": span["trace_id"], "spanId": span["span_id"],
+            "parentSpanId": span["parent_id"] or "", "name": span["name"],
+            "kind": KINDS.index(span["kind"]),
+            "startTimeUnixNano": str(span["start_ns"]), "endTimeUnixNano": str(span["end_ns"]),
+            "attributes": _key_values(span["attributes"]),
+            "status": {"code": STATUSES.index(span["status"])},
+            "links": [{"traceId": link["trace_id"], "spanId": link["span_id"]}
+                      for link in span["links"]],
+        })
+    return {"resourceSpans": list(batches.values())}
 
 
 def resource_spans(document):
@@ -53,7 +86,7 @@ def resource_spans(document):
 
 
 def spans(document, on_malformed=None):
-    """The spans of an OTLP JSON DOCUMENT, each in the trace sink's shape.
+    """The spans of an OTLP JSON DOCUMENT, as span records.
 
     A span whose ids cannot be read is left out, and ON_MALFORMED(reason) called for it.
     """
@@ -88,7 +121,7 @@ def _list(value):
     return value
 
 
-def _span(span, resource):
+def _span(span, resource) -> Span:
     parent_id = _id(span.get("parentSpanId"), SPAN_ID_BYTES, "parent span id", optional=True)
     status = span.get("status") or {}
     return {
@@ -149,7 +182,7 @@ def _attributes(key_values):
 
 
 def _value(any_value):
-    # Mirrors tracetools.sink: ints as ints, bytes as hex, arrays and maps as lists and dicts.
+    # As an SDK set them: ints as ints, bytes as hex, arrays and maps as lists and dicts.
     for field, value in any_value.items():
         if field == "intValue":
             return int(value)
@@ -163,3 +196,24 @@ def _value(any_value):
             return _attributes(value.get("values"))
         return value  # stringValue, boolValue
     return None
+
+
+def _key_values(attributes):
+    return [{"key": key, "value": _any_value(value)} for key, value in attributes.items()]
+
+
+def _any_value(value):
+    # bool before int: True is an int to Python, a boolValue to OTLP.
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, list):
+        return {"arrayValue": {"values": [_any_value(v) for v in value]}}
+    if isinstance(value, dict):
+        return {"kvlistValue": {"values": _key_values(value)}}
+    if value is None:
+        return {}
+    return {"stringValue": str(value)}

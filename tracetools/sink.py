@@ -17,16 +17,20 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess,
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tracetools import otlp_json
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 BUSY_TIMEOUT_SECONDS = 30
 
+# A span record (tracetools.span_record) a row; the last three columns hold JSON.
+COLUMNS = ("trace_id", "span_id", "parent_id", "name", "kind", "service", "start_ns", "end_ns",
+           "status", "attributes", "resource", "links")
+JSON_COLUMNS = COLUMNS[-3:]
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
     trace_id TEXT NOT NULL,
@@ -41,48 +45,11 @@ CREATE TABLE IF NOT EXISTS spans (
     attributes TEXT NOT NULL,
     resource TEXT NOT NULL,
     links TEXT NOT NULL
-)
+);
+-- A time window (a test's poll since it posted, the doctor's --since) reads its own rows,
+-- not the whole table.
+CREATE INDEX IF NOT EXISTS spans_by_start ON spans (start_ns);
 """
-
-
-def _value(any_value):
-    field = any_value.WhichOneof("value")
-    if field == "array_value":
-        return [_value(v) for v in any_value.array_value.values]
-    if field == "kvlist_value":
-        return _attributes(any_value.kvlist_value.values)
-    if field == "bytes_value":
-        return any_value.bytes_value.hex()
-    return getattr(any_value, field) if field else None
-
-
-def _attributes(key_values):
-    return {kv.key: _value(kv.value) for kv in key_values}
-
-
-def _rows(export_request):
-    for resource_spans in export_request.resource_spans:
-        resource = _attributes(resource_spans.resource.attributes)
-        for scope_spans in resource_spans.scope_spans:
-            for span in scope_spans.spans:
-                links = [
-                    {"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex()}
-                    for link in span.links
-                ]
-                yield (
-                    span.trace_id.hex(),
-                    span.span_id.hex(),
-                    span.parent_span_id.hex() or None,
-                    span.name,
-                    Span.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_"),
-                    resource.get("service.name"),
-                    span.start_time_unix_nano,
-                    span.end_time_unix_nano,
-                    span.status.StatusCode.Name(span.status.code).removeprefix("STATUS_CODE_"),
-                    json.dumps(_attributes(span.attributes)),
-                    json.dumps(resource),
-                    json.dumps(links),
-                )
 
 
 def _connect(db_path, **options):
@@ -91,27 +58,52 @@ def _connect(db_path, **options):
     return sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_SECONDS, **options)
 
 
-def iter_spans(db_path):
-    """The stored spans, one at a time as they are read, in no particular order."""
+def create(db_path):
+    """Make DB_PATH a trace sink database, if it is not one yet."""
+    with closing(_connect(db_path)) as db:
+        # Write-ahead logging: readers see the last commit and never block the writer.
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(SCHEMA)
+
+
+def write(db_path, spans):
+    """Add SPANS (span records, any iterable: a generator is streamed) to the trace sink
+    database DB_PATH, in one transaction."""
+    with closing(_connect(db_path)) as db, db:
+        db.executemany(
+            f"INSERT INTO spans ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+            ((*(span[column] for column in COLUMNS[:-3]),
+              *(json.dumps(span[column]) for column in JSON_COLUMNS)) for span in spans),
+        )
+
+
+def iter_spans(db_path, since_ns=None, until_ns=None, resource=None):
+    """The stored span records, one at a time as they are read, in no particular order: those
+    that started in [SINCE_NS, UNTIL_NS) (either may be None) and whose resource has every
+    attribute of RESOURCE (a dict). SQLite does the filtering: a test polling for its own
+    spans reads its own rows, and decodes no one else's."""
+    where, values = [], []
+    if since_ns is not None:
+        where.append("start_ns >= ?")
+        values.append(since_ns)
+    if until_ns is not None:
+        where.append("start_ns < ?")
+        values.append(until_ns)
+    for key, value in (resource or {}).items():
+        # A quoted path step: attribute names hold dots ("deployment.run").
+        where.append("json_extract(resource, ?) = ?")
+        values += ['$."' + key.replace('"', '\\"') + '"', value]
+    query = f"SELECT {', '.join(COLUMNS)} FROM spans"
+    if where:
+        query += " WHERE " + " AND ".join(where)
     # Read-only: a reader never takes the write lock that the sink's writer needs.
     db = _connect(Path(db_path).resolve().as_uri() + "?mode=ro", uri=True)
     with closing(db):
-        db.row_factory = sqlite3.Row
-        for row in db.execute("SELECT * FROM spans"):
-            span = dict(row)
-            for column in ("attributes", "resource", "links"):
+        for row in db.execute(query, values):
+            span = dict(zip(COLUMNS, row))
+            for column in JSON_COLUMNS:
                 span[column] = json.loads(span[column])
             yield span
-
-
-def load_spans(db_path, **resource_filter):
-    """The stored spans, oldest first; keep those whose resource has every given attribute."""
-    spans = [
-        span for span in iter_spans(db_path)
-        if all(span["resource"].get(k) == v for k, v in resource_filter.items())
-    ]
-    spans.sort(key=lambda span: span["start_ns"])
-    return spans
 
 
 class TraceSink:
@@ -121,14 +113,7 @@ class TraceSink:
         self.db_path = db_path
         self.otlp_json_path = otlp_json_path
         self._lock = threading.Lock()
-        db = _connect(db_path)
-        try:
-            # Write-ahead logging: readers see the last commit and never block the writer.
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(SCHEMA)
-            db.commit()
-        finally:
-            db.close()
+        create(db_path)
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -154,21 +139,22 @@ class TraceSink:
         self.stop()
 
     def store(self, body):
+        """Keep the spans of BODY, an OTLP protobuf export; return the refusals, one reason
+        per span whose ids cannot be read."""
         export_request = ExportTraceServiceRequest()
         export_request.ParseFromString(body)
-        rows = list(_rows(export_request))
+        # Decoded as OTLP JSON, by the reader that reads files and backends: one decoder.
+        document = otlp_json.encode(export_request)
+        refused = []
+        spans = list(otlp_json.spans(document, refused.append))
         # One writer at a time: the exporter of every process posts here concurrently.
         with self._lock:
             if self.otlp_json_path:
                 # Before the SQLite commit: whoever sees the spans there finds their line whole.
                 with open(self.otlp_json_path, "a", encoding="utf-8") as lines:
-                    lines.write(json.dumps(otlp_json.encode(export_request)) + "\n")
-            db = _connect(self.db_path)
-            try:
-                with db:
-                    db.executemany(f"INSERT INTO spans VALUES ({', '.join('?' * 12)})", rows)
-            finally:
-                db.close()
+                    lines.write(json.dumps(document) + "\n")
+            write(self.db_path, spans)
+        return refused
 
     def _handler_class(self):
         sink = self
@@ -184,10 +170,14 @@ class TraceSink:
                 try:
                     if self.headers.get("Content-Encoding") == "gzip":
                         body = gzip.decompress(body)
-                    sink.store(body)
+                    refused = sink.store(body)
                 except (OSError, DecodeError) as error:
                     return self._reply(400, f"not an OTLP protobuf export: {error}".encode())
-                self._reply(200, ExportTraceServiceResponse().SerializeToString())
+                # OTLP's partial success: the exporter logs what was refused, and why.
+                answer = ExportTraceServiceResponse(partial_success=ExportTracePartialSuccess(
+                    rejected_spans=len(refused), error_message=refused[0],
+                )) if refused else ExportTraceServiceResponse()
+                self._reply(200, answer.SerializeToString())
 
             def _reply(self, status, body):
                 self.send_response(status)

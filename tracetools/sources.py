@@ -1,13 +1,15 @@
-"""Where the doctor reads spans: the trace sink's SQLite file, an OTLP JSON file (JSON lines,
+"""Where tracetools reads spans: the trace sink's SQLite file, an OTLP JSON file (JSON lines,
 as the Collector's file exporter writes them, or one document), or a backend's query API over
 http(s): Jaeger 2 (/api/v3/traces) or Grafana Tempo (/api/traces/<id>, /api/search).
 
-Every source gives spans in the trace sink's shape, one at a time, so that a file of a
-million spans never has to be held whole.
+load() is the one way in, for the doctor, the viewer, the waterfall page, the harness and the
+tutorial: every source gives span records (tracetools.span_record), one at a time, so that a
+file of a million spans never has to be held whole.
 """
 
 import json
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -15,19 +17,22 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from datetime import datetime, timezone
+from fractions import Fraction
+from itertools import chain
 from pathlib import Path
 
 from tracetools import otlp_json, sink
+from tracetools.span_record import MESSAGE_ID_KEYS, message_id
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
-DEFAULT_LOOKBACK = "1h"
+DEFAULT_LOOKBACK = 3600.0  # seconds: how far back a Jaeger or Tempo search looks, unless told
 DEFAULT_LIMIT = 1000  # traces per backend query: Jaeger and Tempo return 20 unless told
 DEFAULT_TIMEOUT = 10.0
-# What a Tempo search looks for unless the URL has a q of its own: every trace with a
-# message in it, on either side.
-TEMPO_QUERY = "{ kind = producer || kind = consumer }"
 DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Tempo: message ids per search when asking for the spans that carry them, joined with ||.
+# Each id adds two comparisons (both attribute names): 20 keep the URL under 4 KB.
+TEMPO_IDS_PER_SEARCH = 20
 
 _log = logging.getLogger(__name__)
 
@@ -36,19 +41,57 @@ class SourceError(Exception):
     """A source that cannot be read: missing, not OTLP, a backend that does not answer."""
 
 
-def load(source, services=(), lookback=DEFAULT_LOOKBACK, limit=DEFAULT_LIMIT,
-         timeout=DEFAULT_TIMEOUT, warn=_log.warning):
-    """The spans of SOURCE (a path or an http(s) URL), as an iterator: read it once.
+def load(source, *, services=(), since=None, until=None, limit=DEFAULT_LIMIT,
+         timeout=DEFAULT_TIMEOUT, warn=_log.warning, resource=None):
+    """The span records of SOURCE, as an iterator: read it once. SOURCE is a path (the sink's
+    SQLite file, an OTLP JSON file) or an http(s) URL, or a list of them, read in turn.
 
-    SERVICES, LOOKBACK (e.g. "90s", "15m", "2h", "1d") and LIMIT (traces) shape a Jaeger
-    /api/v3/traces query; LOOKBACK and LIMIT a Tempo /api/search. TIMEOUT bounds each
-    request. Unreadable lines and spans are skipped and counted, and WARN(message) says so
-    once per source; a source with nothing readable raises SourceError.
+    Each span comes once, however many times it was stored or however many sources hold it.
+    SINCE and UNTIL (unix seconds, or None) keep exactly the spans that started in [SINCE,
+    UNTIL). RESOURCE (a dict) keeps the spans whose resource has all of its attributes. Both
+    filters run in the store where it can (SQL on the sink's file, the search of a backend).
+    SERVICES (Jaeger's query needs them) and LIMIT (traces per query) shape a backend's
+    search, whose window is [SINCE, UNTIL), SINCE defaulting to DEFAULT_LOOKBACK seconds ago
+    and UNTIL to now. TIMEOUT bounds each request. Unreadable lines and spans are skipped and
+    counted, and WARN(message) says so once per source; a source with nothing readable raises
+    SourceError, as does one that is missing, not OTLP or does not answer.
     """
-    source = str(source)
+    window = (_nanoseconds(since), _nanoseconds(until))
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    # Opened now, read later: a missing file or a bad URL is said before anything is read.
+    readers = [_reader(str(one), services, window, limit, timeout, warn, resource or {})
+               for one in sources]
+    return _each_once(chain.from_iterable(readers))
+
+
+def duration(text):
+    """Seconds in TEXT: "90s", "15m", "2h", "1d"."""
+    match = DURATION.fullmatch(str(text).strip())
+    if not match:
+        raise SourceError(f"bad duration {text!r}: say e.g. 90s, 15m, 2h or 1d")
+    return float(match[1]) * SECONDS[match[2]]
+
+
+def _nanoseconds(seconds):
+    # Exactly, through Fraction: a float times 1e9 rounds differently from source to source.
+    return None if seconds is None else int(Fraction(seconds) * 1_000_000_000)
+
+
+def _each_once(spans):
+    # The only de-duplication in tracetools: a sink can receive an export twice (an exporter
+    # retries after a timeout), and two sources, or two backend queries, can overlap.
+    seen = set()
+    for span in spans:
+        if span["span_id"] not in seen:
+            seen.add(span["span_id"])
+            yield span
+
+
+def _reader(source, services, window, limit, timeout, warn, resource):
     scheme = urllib.parse.urlsplit(source).scheme
     if scheme in ("http", "https"):
-        return _from_url(source, services, _seconds(lookback), limit, timeout)
+        spans = _from_url(source, services, window, limit, timeout, warn)
+        return _kept(spans, window, resource)
     if "://" in source:
         raise SourceError(f"bad URL {source}: only http and https are read")
     path = Path(source)
@@ -59,20 +102,30 @@ def load(source, services=(), lookback=DEFAULT_LOOKBACK, limit=DEFAULT_LIMIT,
     with open(path, "rb") as file:
         magic = file.read(len(SQLITE_MAGIC))
     if magic == SQLITE_MAGIC:
-        return _from_sink(path)
-    return _from_otlp_file(path, warn)
+        return _from_sink(path, window, resource)
+    return _kept(_from_otlp_file(path, warn), window, resource)
 
 
-def _seconds(lookback):
-    match = DURATION.fullmatch(str(lookback).strip())
-    if not match:
-        raise SourceError(f"bad lookback {lookback!r}: say e.g. 90s, 15m, 2h or 1d")
-    return float(match[1]) * SECONDS[match[2]]
+def _kept(spans, window, resource):
+    """The SPANS in WINDOW whose resource has RESOURCE's attributes: for the sources that cannot
+    filter themselves."""
+    since, until = window
+    if since is None and until is None and not resource:
+        return spans  # a whole file: a million spans need no test each
+    return _filtered(spans, since, until, resource)
 
 
-def _from_sink(path):
+def _filtered(spans, since, until, resource):
+    for span in spans:
+        if (since is None or span["start_ns"] >= since) \
+                and (until is None or span["start_ns"] < until) \
+                and all(span["resource"].get(key) == value for key, value in resource.items()):
+            yield span
+
+
+def _from_sink(path, window, resource):
     try:
-        yield from sink.iter_spans(path)
+        yield from sink.iter_spans(path, *window, resource)
     except sqlite3.DatabaseError as error:
         raise SourceError(f"{path} is not a trace sink database: {error}") from None
 
@@ -162,40 +215,42 @@ class _Skipped:
             self.warn(f"{self.source}: skipped {' and '.join(parts)} ({self.first_reason})")
 
 
-def _from_url(url, services, lookback_seconds, limit, timeout):
+def _from_url(url, services, window, limit, timeout, warn):
     parts = urllib.parse.urlsplit(url)
     if not parts.hostname:
         raise SourceError(f"bad URL {url}: no host")
     path = parts.path.rstrip("/")
     query = dict(urllib.parse.parse_qsl(parts.query))
+    # A backend is searched over a window, always: a search with none finds nothing, or all.
     now = time.time()
+    since, until = window
+    start = now - DEFAULT_LOOKBACK if since is None else since / 1e9
+    end = now if until is None else until / 1e9
     if path.endswith("/api/v3/traces"):
-        requests = _jaeger_queries(parts, path, query, services, now - lookback_seconds, now,
-                                   limit)
-    elif re.search(r"/api/(v3/|v2/)?traces/[0-9A-Fa-f]+$", path):
-        requests = [url]  # one trace: Jaeger 2's v3, Tempo's v1 or v2
-    elif path.endswith("/api/search"):
-        requests = _tempo_traces(parts, path, query, now - lookback_seconds, now, limit, timeout)
-    else:
-        raise SourceError(
-            f"bad URL {url}: give the query API's path, Jaeger 2's /api/v3/traces or "
-            "Tempo's /api/traces/<trace id> or /api/search"
-        )
-    return _spans_at(requests, timeout)
+        return _spans_at(_jaeger_queries(parts, path, query, services, start, end, limit),
+                         timeout)
+    if re.search(r"/api/(v3/|v2/)?traces/[0-9A-Fa-f]+$", path):
+        return _spans_at([url], timeout)  # one trace: Jaeger 2's v3, Tempo's v1 or v2
+    if path.endswith("/api/search"):
+        tempo = _Tempo(parts, path.removesuffix("/api/search"), query, start, end, limit,
+                       timeout, warn)
+        return tempo.spans()
+    raise SourceError(
+        f"bad URL {url}: give the query API's path, Jaeger 2's /api/v3/traces or "
+        "Tempo's /api/traces/<trace id> or /api/search"
+    )
 
 
 def _spans_at(urls, timeout):
-    # A trace found by two queries (two services of one trace, say) comes back twice.
-    seen = set()
     for url in urls:
-        try:
-            spans = list(otlp_json.spans(_get_json(url, timeout)))
-        except otlp_json.NotOtlp as error:
-            raise SourceError(f"{url} did not answer OTLP JSON: {error}") from None
-        for span in spans:
-            if span["span_id"] not in seen:
-                seen.add(span["span_id"])
-                yield span
+        yield from _trace_spans(url, timeout)
+
+
+def _trace_spans(url, timeout):
+    try:
+        return list(otlp_json.spans(_get_json(url, timeout)))
+    except otlp_json.NotOtlp as error:
+        raise SourceError(f"{url} did not answer OTLP JSON: {error}") from None
 
 
 def _jaeger_queries(parts, path, query, services, start, end, limit):
@@ -219,20 +274,129 @@ def _jaeger_queries(parts, path, query, services, start, end, limit):
     ]
 
 
-def _tempo_traces(parts, path, query, start, end, limit, timeout):
-    params = {"q": TEMPO_QUERY, "start": str(int(start)), "end": str(int(end) + 1),
-              "limit": str(limit), **query}
-    search = urllib.parse.urlunsplit(parts._replace(path=path, query=_encode(params)))
-    found = _get_json(search, timeout)
-    traces = found.get("traces") if isinstance(found, dict) else None
-    if not isinstance(traces, list):
-        raise SourceError(f"{search} did not answer a Tempo search: no traces list")
-    base = path.removesuffix("/api/search")
-    for trace in traces:
+# Tempo has no bulk export and TraceQL judges one trace at a time, so fetching every trace of
+# the window to find a few orphans costs one HTTP call per trace. Instead, Tempo is asked for
+# the few traces the doctor's verdicts depend on, with searches whose answers grow with the
+# orphans and the unconsumed messages (K), not with the traffic (N):
+#
+# 1. a few traces with a consumer span, whatever they hold: in a healthy window the searches
+#    below find nothing, and reading nothing would say "no Celery span here" where there were
+#    thousands, all connected. A sample of the traffic says so instead.
+# 2. consumer spans that are no span's child in their own trace: roots, and spans whose
+#    parent never arrived. `{ } !> { X }`, TraceQL's not-child operator, is "X with no parent
+#    among all the spans". Not `nestedSetParent = -1`: Tempo numbers the spans that hang from
+#    a root it holds, and may leave one whose parent is missing unnumbered, so parent-missing
+#    orphans could go unseen. The structural negations are marked experimental for their false
+#    positives, which cost a fetch here, not a verdict: the doctor judges each trace whole.
+# 3. producer spans that are no consumer span's parent, `{ consumer } !< { producer }`: the
+#    producers of the orphans in 2, and the messages nobody consumed. In a healthy trace the
+#    consumer span is the producer's child, so these are few too.
+# 4. the producer spans carrying the message ids of the consumer spans in 2, by id (one
+#    message can be published several times: a retry's second publish is not in 3).
+# 5. the consumer spans carrying the message ids of the producer spans in 3, by id: a
+#    message is "never consumed" only if no consumer span anywhere carries its id, and the
+#    consumer may sit in a trace that 2 did not return (it linked to its producer, or its
+#    parent is another publish of the same id).
+#
+# Every trace found is fetched whole, once. What the doctor then counts (spans, traces,
+# consumer spans, connected ones) covers those traces, not the whole window: the orphans, their
+# causes and the unconsumed messages are the same as from a whole export. One thing is not
+# searched for: the root spans of a worker that records no consumer span at all
+# (--worker-service); its tasks' messages still show, as never consumed.
+TEMPO_CONSUMER = ('kind = consumer || span.messaging.operation.type =~ "process|deliver"'
+                  ' || span.messaging.operation =~ "process|deliver"')
+TEMPO_PRODUCER = ('kind = producer || span.messaging.operation.type =~ "send|publish|create"'
+                  ' || span.messaging.operation =~ "send|publish|create"')
+TEMPO_CONSUMERS = f"{{ {TEMPO_CONSUMER} }}"
+TEMPO_SAMPLE_TRACES = 5
+TEMPO_UNPARENTED_CONSUMERS = f"{{ }} !> {{ {TEMPO_CONSUMER} }}"
+TEMPO_CHILDLESS_PRODUCERS = f"{{ {TEMPO_CONSUMER} }} !< {{ {TEMPO_PRODUCER} }}"
+CONSUMER_OPERATIONS = ("process", "deliver")
+PRODUCER_OPERATIONS = ("send", "publish", "create")
+
+
+def tempo_by_message_ids(side, ids):
+    """The TraceQL search for the spans of SIDE (TEMPO_PRODUCER or TEMPO_CONSUMER) that carry
+    one of the message IDS, under either attribute name."""
+    wanted = " || ".join(f"span.{key} = {_traceql_string(one)}"
+                         for one in ids for key in MESSAGE_ID_KEYS)
+    return f"{{ ({side}) && ({wanted}) }}"
+
+
+def _traceql_string(text):
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class _Tempo:
+    """One Tempo /api/search source: the searches above, and the traces they find."""
+
+    def __init__(self, parts, base, query, start, end, limit, timeout, warn):
+        self.parts, self.base, self.timeout, self.warn = parts, base, timeout, warn
+        # A q of the URL's own narrows the two searches that look for candidates.
+        self.narrow = query.pop("q", None)
+        self.params = {"start": str(int(start)), "end": str(int(end) + 1), "limit": str(limit),
+                       **query}
+        self.limit = limit
+        self.traces = {}  # trace id: its spans, fetched once
+
+    def spans(self):
+        self._fetch(self._search(TEMPO_CONSUMERS, narrow=True, limit=TEMPO_SAMPLE_TRACES))
+        self._fetch(self._search(TEMPO_UNPARENTED_CONSUMERS, narrow=True)
+                    + self._search(TEMPO_CHILDLESS_PRODUCERS, narrow=True))
+        fetched = [span for spans in self.traces.values() for span in spans]
+        produced = {message_id(s) for s in fetched if _side(s) == "PRODUCER"}
+        consumed = {message_id(s) for s in fetched if _side(s) == "CONSUMER"}
+        parents = {s["parent_id"] for s in fetched if _side(s) == "CONSUMER"}
+        ids = {s["span_id"] for s in fetched}
+        unparented = {message_id(s) for s in fetched
+                      if _side(s) == "CONSUMER" and s["parent_id"] not in ids}
+        childless = {message_id(s) for s in fetched
+                     if _side(s) == "PRODUCER" and s["span_id"] not in parents}
+        self._fetch_carrying(TEMPO_PRODUCER, unparented - produced - {None})
+        self._fetch_carrying(TEMPO_CONSUMER, childless - consumed - {None})
+        for spans in self.traces.values():
+            yield from spans
+
+    def _fetch_carrying(self, side, message_ids):
+        ordered = sorted(message_ids)
+        for first in range(0, len(ordered), TEMPO_IDS_PER_SEARCH):
+            batch = ordered[first:first + TEMPO_IDS_PER_SEARCH]
+            self._fetch(self._search(tempo_by_message_ids(side, batch)))
+
+    def _search(self, traceql, narrow=False, limit=None):
+        if narrow and self.narrow:
+            traceql = f"({traceql}) && ({self.narrow})"
+        params = {**self.params, "q": traceql, **({"limit": str(limit)} if limit else {})}
+        search = urllib.parse.urlunsplit(self.parts._replace(
+            path=f"{self.base}/api/search", query=_encode(params),
+        ))
+        found = _get_json(search, self.timeout)
+        traces = found.get("traces") if isinstance(found, dict) else None
+        if not isinstance(traces, list):
+            raise SourceError(f"{search} did not answer a Tempo search: no traces list")
+        if limit is None and len(traces) >= self.limit:
+            self.warn(f"Tempo found {self.limit} traces or more for {traceql}: the rest are "
+                      "not read (a higher --limit, or a shorter window)")
         # Tempo's search drops the leading zeros of a trace id; its trace API wants all 32.
-        trace_id = str(trace.get("traceID", "")).rjust(32, "0")
-        yield urllib.parse.urlunsplit(parts._replace(path=f"{base}/api/traces/{trace_id}",
-                                                     query=""))
+        return [str(trace.get("traceID", "")).rjust(32, "0") for trace in traces]
+
+    def _fetch(self, trace_ids):
+        for trace_id in trace_ids:
+            if trace_id not in self.traces:
+                self.traces[trace_id] = _trace_spans(urllib.parse.urlunsplit(self.parts._replace(
+                    path=f"{self.base}/api/traces/{trace_id}", query="",
+                )), self.timeout)
+
+
+def _side(span):
+    """PRODUCER, CONSUMER or None, as the TraceQL above tells them apart."""
+    if span["kind"] in ("PRODUCER", "CONSUMER"):
+        return span["kind"]
+    attributes = span["attributes"]
+    operation = attributes.get("messaging.operation.type") or attributes.get("messaging.operation")
+    if operation in CONSUMER_OPERATIONS:
+        return "CONSUMER"
+    return "PRODUCER" if operation in PRODUCER_OPERATIONS else None
 
 
 def _rfc3339(seconds):

@@ -1,16 +1,22 @@
-"""Print stored spans as trace timelines, and count what a request left disconnected.
+"""Print spans as trace timelines, and count what a request left disconnected.
 
-Each span gets a line: its name, indented under its parent, its service, when it started
-(from the first span of its trace), how long it took, and a bar placed and scaled on the
-trace's own time line. Spans the doctor finds orphaned say so on their line.
+    python -m tracetools.view SOURCE [SOURCE...]
+
+SOURCE is any the doctor reads (tracetools.sources): the trace sink's SQLite file, an OTLP
+JSON file, a Jaeger 2 or Tempo query URL. Each span gets a line: its name, indented under its
+parent, its service, when it started (from the first span of its trace), how long it took,
+and a bar placed and scaled on the trace's own time line. Spans the doctor finds orphaned say
+so on their line.
 """
 
 import argparse
+import sys
 from collections import defaultdict
 from typing import NamedTuple
 
+from tracetools import sources
 from tracetools.doctor import diagnose
-from tracetools.sink import load_spans
+from tracetools.span_record import Span
 
 BAR_WIDTH = 32
 BAR, WAIT, EMPTY = "█", "·", " "
@@ -19,7 +25,7 @@ BAR, WAIT, EMPTY = "█", "·", " "
 class Row(NamedTuple):
     """One span of a trace, where the timeline draws it."""
 
-    span: dict
+    span: Span
     depth: int
     offset_ns: int  # from the start of the trace's first span
     duration_ns: int
@@ -41,9 +47,10 @@ class Timeline(NamedTuple):
 
 
 def timeline(spans, worker_services=()):
-    """SPANS (the trace sink's span dicts) as traces of rows to draw, and their verdict, from
-    one diagnosis (tracetools.doctor.diagnose): what is marked orphaned is what is counted."""
-    spans = _unique(spans)
+    """SPANS (span records, each once, as tracetools.sources.load() gives them) as traces of
+    rows to draw, and their verdict, from one diagnosis (tracetools.doctor.diagnose): what is
+    marked orphaned is what is counted."""
+    spans = sorted(spans, key=lambda span: span["start_ns"])
     diagnosis = diagnose(spans, worker_services)
     orphans = {orphan["span_id"]: orphan["cause"] for orphan in diagnosis["orphans"]}
     ids = {span["span_id"] for span in spans}
@@ -172,33 +179,40 @@ def _counts(diagnosis):
     }
 
 
-def _unique(spans):
-    """Oldest first, each span once: two sources can overlap, a sink can get an export twice."""
-    seen, unique = set(), []
-    for span in sorted(spans, key=lambda span: span["start_ns"]):
-        if span["span_id"] not in seen:
-            seen.add(span["span_id"])
-            unique.append(span)
-    return unique
-
-
 def ms(nanoseconds):
     """NANOSECONDS as milliseconds, to a tenth: 12.3 ms."""
     return f"{nanoseconds / 1e6:.1f} ms"
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("db", help="the SQLite file tracetools.sink writes")
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("sources", nargs="+", metavar="SOURCE")
     parser.add_argument(
         "--worker-service", action="append", default=[], metavar="NAME",
         help="a worker's service: its non-Celery root spans are orphans too (repeatable)",
     )
-    args = parser.parse_args()
-    spans = load_spans(args.db)
+    parser.add_argument("--service", action="append", default=[], metavar="NAME",
+                        help="Jaeger: a service to query, the last hour of it (repeatable)")
+    args = parser.parse_args(argv)
+
+    def warn(message):
+        print(f"view: {message}", file=sys.stderr)
+
+    try:
+        spans = list(sources.load(args.sources, services=args.service, warn=warn))
+    except sources.SourceError as error:
+        warn(str(error))
+        return 2
+    if not spans:
+        warn(f"no spans in {', '.join(args.sources)}")
+        return 2
     print(render(spans, args.worker_service))
     print(describe(verdict(spans, args.worker_service)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,7 +17,8 @@ from opentelemetry.trace import SpanKind
 
 from harness.polling import poll_until
 from harness.processes import start, stop, wait_until_ready, worker_args
-from tracetools.sink import TraceSink, load_spans
+from tracetools.sink import TraceSink
+from tracetools.sources import load
 from tracetools.view import describe, render, verdict
 
 STEPS = {
@@ -81,12 +82,12 @@ def run(step, folder):
             flush_tracing()
             expected = EXPECTED[step] | {"POST /orders"}
             poll_until(
-                lambda: expected <= {s["name"] for s in load_spans(sink.db_path)}, DEADLINE,
+                lambda: expected <= {s["name"] for s in load(sink.db_path)}, DEADLINE,
                 f"step {step}'s spans",
             )
         finally:
             stop(worker)  # a warm shutdown: the worker flushes what it still holds
-        return load_spans(sink.db_path)
+        return list(load(sink.db_path))
 
 
 def main(argv=None):
