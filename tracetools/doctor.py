@@ -151,14 +151,14 @@ class _Timeline:
 
     def __init__(self):
         self.starts, self.ends = array("q"), array("q")
-        self.span_ids = array("Q")  # the hex span id as a number: they order the same way
+        self.span_ids = []  # the strings the doctor's set of ids holds already
         self.traces, self.names = array("l"), array("l")  # indexes into Examined's lists
         self.by_start = self.longest = None
 
     def add(self, start_ns, end_ns, span_id, trace, name):
         self.starts.append(start_ns)
         self.ends.append(end_ns)
-        self.span_ids.append(int(span_id, 16))
+        self.span_ids.append(span_id)
         self.traces.append(trace)
         self.names.append(name)
 
@@ -369,7 +369,7 @@ def _eager_root(run, timeline, trace, trace_list, name_list):
              "verdict": BY_DESIGN if caller is None else NOT_CONTINUED, "caller": None}
     if caller is not None:
         entry["caller"] = {"trace_id": trace_list[timeline.traces[caller]],
-                           "span_id": f"{timeline.span_ids[caller]:016x}",
+                           "span_id": timeline.span_ids[caller],
                            "name": name_list[timeline.names[caller]]}
     return entry
 
@@ -544,19 +544,23 @@ def _summary(findings):
          "did not continue its caller"),
         (len(d["never_consumed"]), "message", "never consumed"),
     ) if n]
-    also = f"; {', '.join(also)}" if also else ""
     if d["orphans"]:
         return (f"{_count(len(d['orphans']), 'orphaned span')} {where} "
                 f"({d['connected']} of {d['consumer_spans']} Celery consumer spans connected)"
-                f"{also}. By cause, worst first:")
+                f"{''.join(f'; {part}' for part in also)}. By cause, worst first:")
     if not d["consumer_spans"]:
         return (f"No Celery consumer span {where}, so nothing is known to be connected"
-                f"{also}.")
+                f"{''.join(f'; {part}' for part in also)}.")
+    if also:
+        return (f"No orphaned Celery span {where} ({d['connected']} of "
+                f"{d['consumer_spans']} Celery consumer spans connected), but "
+                f"{' and '.join(also)}.")
     # Eager roots by design are neither connected nor orphaned: said on a line of their own.
-    connected = (f"{d['connected']} of {_count(d['consumer_spans'], 'consumer span')} "
-                 "connected" if d["connected"] < d["consumer_spans"]
-                 else f"{_count(d['consumer_spans'], 'consumer span')}, all connected")
-    return f"No orphaned Celery span {where}: {connected}{also}."
+    if d["connected"] < d["consumer_spans"]:
+        return (f"No orphaned Celery span {where}: {d['connected']} of "
+                f"{_count(d['consumer_spans'], 'consumer span')} connected.")
+    return (f"No orphaned Celery span {where}: {_count(d['consumer_spans'], 'consumer span')}, "
+            "all connected.")
 
 
 def _section(cause, entries, noun, sample):
