@@ -228,9 +228,9 @@ def test_the_report_puts_the_worst_cause_first_with_its_fix_and_chapter():
 def test_an_undetermined_orphan_names_its_candidates_the_deciding_attribute_and_chapters():
     text = " ".join(report(examine([publish("m1"), run("m1"), run("m2")])).split())
     assert "undetermined (not-extracted or not-injected): 1 span (tasks.add)" in text
-    assert "celery.trace_context (valid, absent, malformed) would decide" in text
+    assert "celery.trace_context on the consumer span (what the message carried" in text
     assert "undetermined (not-injected or republished-without-context): 1 span" in text
-    assert "records on the consumer span as celery.parent_task_id would decide" in text
+    assert "celery.parent_task_id on the consumer span (the task that published" in text
     for cause in ("not-extracted", "not-injected", "republished-without-context"):
         assert f"if {cause}: " in text and CHAPTER[cause] in text
 

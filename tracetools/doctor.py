@@ -475,6 +475,8 @@ def _detail(span, cause, producer, how, task_of_message):
     if span.parent_task_id:
         parent_task = task_of_message.get(span.parent_task_id)
         parent = f"{span.parent_task_id} ({parent_task})" if parent_task else span.parent_task_id
+        if span.trace_context is None:
+            carried = "nothing injected the context there"
         return (f"no producer span for {message}; it was published from inside task "
                 f"{parent}, and {carried}")
     if cause == UNDETERMINED:
@@ -577,10 +579,10 @@ def _section(cause, entries, noun, sample):
 
 # What would decide an undetermined orphan, and where it comes from.
 DECIDERS = {
-    "celery.trace_context": "what the message carried, which celery_signals records on the "
-                            "consumer span as celery.trace_context (valid, absent, malformed)",
-    "celery.parent_task_id": "whether a task published the message, which celery_signals "
-                             "records on the consumer span as celery.parent_task_id",
+    "celery.trace_context": "celery.trace_context on the consumer span (what the message "
+                            "carried: valid, absent or malformed)",
+    "celery.parent_task_id": "celery.parent_task_id on the consumer span (the task that "
+                             "published the message, if one did)",
 }
 
 
@@ -589,13 +591,13 @@ def _undetermined(candidates, orphans, sample):
         "",
         _wrap(f"{UNDETERMINED} ({' or '.join(candidates)}): {_count(len(orphans), 'span')} "
               f"({_tasks(orphans)})", "", "  "),
-        _wrap(f"The spans cannot tell these causes apart: {DECIDERS[orphans[0]['decided_by']]}"
-              " would decide.", "  "),
+        _wrap(f"The spans cannot tell these apart: {DECIDERS[orphans[0]['decided_by']]} "
+              "would decide, and celery_signals records it.", "  "),
         f"  sample: trace {orphans[0]['trace_id']}",
         _wrap(sample, "    "),
     ]
     for cause in candidates:
-        lines += [_wrap(f"if {cause}: {MEANING[cause]}. fix: {FIX[cause]}", "  ", "    "),
+        lines += [_wrap(f"if {cause}: {FIX[cause]}", "  ", "    "),
                   f"    read: {CHAPTER[cause]}"]
     return lines
 
