@@ -52,8 +52,7 @@ def test_the_orphans_marked_are_the_doctors():
     marked = {name_of(line, header).strip(): line.rsplit("orphaned: ", 1)[1]
               for line in lines if "orphaned: " in line}
     assert marked == {o["name"]: o["cause"] for o in diagnose(spans)["orphans"]}
-    # A bare consumer span, no producer span, nothing recorded to tell the causes apart.
-    assert marked == {"celery.run tasks.process_order": "undetermined"}
+    assert marked == {"celery.run tasks.process_order": "not-injected"}
     assert "orphaned" not in render(connected())
 
 
