@@ -10,17 +10,15 @@ arguments that read it back."""
 import base64
 import json
 import random
-import threading
 import time
-import urllib.parse
 import urllib.request
 from contextlib import ExitStack
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import doctor_corpus
 import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from test_doctor_sources import Backend
 
 import doctor
 from tracetools.sink import TraceSink
@@ -70,44 +68,11 @@ def traces(document):
     return {trace_id: list(batches.values()) for trace_id, batches in found.items()}
 
 
-def services_of(batches):
-    return {attribute["value"]["stringValue"] for batch in batches
-            for attribute in batch["resource"]["attributes"]
-            if attribute["key"] == "service.name"}
-
-
-class Backend(ThreadingHTTPServer):
-    """A query API on 127.0.0.1: ANSWER(path, query) gives (status, JSON body)."""
-
-    def __init__(self, answer):
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(handler):
-                url = urllib.parse.urlsplit(handler.path)
-                status, body = answer(url.path, dict(urllib.parse.parse_qsl(url.query)))
-                body = json.dumps(body).encode()
-                handler.send_response(status)
-                handler.send_header("Content-Length", str(len(body)))
-                handler.end_headers()
-                handler.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
-
-    def stop(self):
-        self.shutdown()
-        self.server_close()
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.server_port}"
-
-
-def serve(stack, answer):
-    backend = Backend(answer)
-    stack.callback(backend.stop)
+def serve(stack, routes):
+    """A backend's query API (test_doctor_sources.Backend), stopped with STACK."""
+    backend = Backend(routes)
+    stack.callback(backend.server_close)
+    stack.callback(backend.shutdown)
     return backend
 
 
@@ -139,36 +104,24 @@ def otlp_json_document(document, folder, stack):
 
 
 def jaeger(document, folder, stack):
-    """Jaeger 2's /api/v3/traces: the whole traces that hold a span of the service asked."""
-    by_trace = traces(document)
-
-    def answer(path, query):
-        if path != "/api/v3/traces":
-            return 404, {"error": "not found"}
-        service = query["query.service_name"]
-        return 200, {"result": {"resourceSpans": [
-            batch for batches in by_trace.values() if service in services_of(batches)
-            for batch in batches
-        ]}}
-
-    services = sorted(services_of(document["resourceSpans"]))
-    url = f"{serve(stack, answer).url}/api/v3/traces"
-    return [url, *(arg for service in services for arg in ("--service", service))]
+    """Jaeger 2's /api/v3/traces, asked once per service: each answer holds every trace, as
+    when each trace has a span of every service; the doctor counts each span once."""
+    services = sorted({attribute["value"]["stringValue"]
+                       for batch in document["resourceSpans"]
+                       for attribute in batch["resource"]["attributes"]
+                       if attribute["key"] == "service.name"})
+    backend = serve(stack, {"/api/v3/traces": (200, {"result": document})})
+    return [f"{backend.url}/api/v3/traces",
+            *(arg for service in services for arg in ("--service", service))]
 
 
 def tempo(document, folder, stack):
     """Tempo: a search that finds trace ids (leading zeros dropped), then one trace each."""
     by_trace = traces(document)
-
-    def answer(path, query):
-        if path == "/api/search":
-            return 200, {"traces": [{"traceID": t.lstrip("0")} for t in by_trace]}
-        trace_id = path.rpartition("/")[2]
-        if path.startswith("/api/traces/") and trace_id in by_trace:
-            return 200, {"batches": by_trace[trace_id]}
-        return 404, {"error": "trace not found"}
-
-    return [f"{serve(stack, answer).url}/api/search"]
+    routes = {f"/api/traces/{trace_id}": (200, {"batches": batches})
+              for trace_id, batches in by_trace.items()}
+    routes["/api/search"] = (200, {"traces": [{"traceID": t.lstrip("0")} for t in by_trace]})
+    return [f"{serve(stack, routes).url}/api/search"]
 
 
 SOURCES = {
