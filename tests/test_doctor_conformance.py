@@ -1,6 +1,6 @@
-"""One corpus, every source, one diagnosis: the doctor's rules (DOCTOR_RULES.md) must not
-depend on where the spans are read. Each source below is loaded with tests/doctor_corpus.py,
-and `doctor.py --json` on it must print the corpus's expected diagnosis, "detail" aside.
+"""One corpus, every source, one diagnosis: the doctor's rules must not depend on where the
+spans are read. Each source below is loaded with tests/doctor_corpus.py, and `doctor.py
+--json` on it must print the corpus's expected diagnosis, "detail" aside.
 Then the scheduled check on the same corpus: its window, settling margin, ratio and exit codes.
 
 A new source joins SOURCES: a function that loads the corpus DOCUMENT into it (FOLDER is its

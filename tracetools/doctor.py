@@ -4,8 +4,8 @@ A tracing backend shows an orphaned worker span as just another root. The doctor
 its producer across traces by message id (the task id, which every Celery instrumentation
 records on both sides) and names its cause, but only as far as the spans prove it:
 
-  not-extracted                the message carried a usable context (or a producer span that
-                               sent one is there): the worker did not continue it
+  not-extracted                the message carried a usable context and the worker did not
+                               continue it, or a worker service records no consumer span
   republished-without-context  published from inside another task (a chain step, callback,
                                errback or retry) without a context
   not-injected                 the message carried no context at all
@@ -16,8 +16,9 @@ records on both sides) and names its cause, but only as far as the spans prove i
 
 Eager runs (apply(), task_always_eager) publish nothing: one that is a root is reported apart,
 by design or as a run that did not continue its caller. The doctor also lists the messages
-that were published and never consumed. The rules are written down in DOCTOR_RULES.md, which
-the ClickHouse SQL follows too. Use it as `python doctor.py SOURCE...`, or from Python:
+that were published and never consumed. Other implementations of these rules (SQL in a trace
+store) must give the same judgement: tests/doctor_corpus.py holds each rule as a scenario.
+Use it as `python doctor.py SOURCE...`, or from Python:
 
     from tracetools.doctor import assert_no_orphans, diagnose, load
     assert_no_orphans(load("spans.db"))   # in a test suite
@@ -46,10 +47,9 @@ NEVER_CONSUMED = "never-consumed"
 NOT_CONTINUED = "not-continued"  # an eager run that is a root, with its caller's span open
 BY_DESIGN = "by-design"  # an eager run that is a root, and nothing open to continue
 MEANING = {
-    "not-extracted": "the message carried a usable trace context (or its producer span is in "
-                     "the data and the context was sent), but the worker did not continue it "
-                     "(or, for a worker service's root span, the worker records no consumer "
-                     "span at all)",
+    "not-extracted": "the message carried a usable trace context, but the worker did not "
+                     "continue it (or, for a worker service's root span, the worker records no "
+                     "consumer span at all)",
     "republished-without-context": "no producer span for the message, and it was published "
                                    "from inside another task (a chain step, callback, errback "
                                    "or retry, or a publish in the task's own code) without a "
@@ -198,7 +198,7 @@ class Findings(NamedTuple):
 
 def diagnose(spans, worker_services=()):
     """The doctor's judgement of SPANS (an iterable of span dicts in the trace sink's shape),
-    as the object `doctor.py --json` prints (DOCTOR_RULES.md, "Output"):
+    as the object `doctor.py --json` prints, every list ordered by (start, span id):
 
     {"spans", "traces", "consumer_spans", "connected",
      "orphans": [{"trace_id", "span_id", "name", "service", "task", "message_id", "cause",
@@ -428,7 +428,8 @@ CONTEXT_CAUSES = {"valid": "not-extracted", "absent": "not-injected",
 
 
 def _cause(span, producer):
-    """(cause, candidates, decided_by), as DOCTOR_RULES.md "Judging each CONSUMER span"."""
+    """(cause, candidates, decided_by) of an orphan: a cause alone when the spans prove it,
+    else "undetermined", the candidates, and the attribute that would decide."""
     if span.side == "WORKER":
         return _proven("not-extracted")
     if span.parent_id is not None:
