@@ -64,7 +64,8 @@ def main(argv=None):
     parser.add_argument("--max-orphan-ratio", metavar="R",
                         help="exit 1 only when orphans, eager runs that did not continue their "
                              "caller and unconsumed messages are more than R of the consumer "
-                             "spans (default 0: any); prints a one-line summary first")
+                             "spans (default 0: any). With it or --since, a one-line summary "
+                             "comes first (on stderr with --json)")
     parser.add_argument("--lookback", default=sources.DEFAULT_LOOKBACK,
                         help="Jaeger and Tempo, without --since: how far back, e.g. 15m, 2h "
                              "(%(default)s)")
