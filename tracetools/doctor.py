@@ -2,28 +2,35 @@
 
 A tracing backend shows an orphaned worker span as just another root. The doctor joins it to
 its producer across traces by message id (the task id, which every Celery instrumentation
-records on both sides) and names one cause from a fixed vocabulary:
+records on both sides) and names its cause, but only as far as the spans prove it:
 
-  not-extracted                the producer's span for the message is in the data; the
-                               consumer did not continue it
-  republished-without-context  no producer span, and the message was published from inside
-                               another task: a chain step, callback, errback or retry
-  not-injected                 no producer span and no parent task: its publisher sent no
-                               context
+  not-extracted                the message carried a usable context and the worker did not
+                               continue it, or a worker service records no consumer span
+  republished-without-context  published from inside another task (a chain step, callback,
+                               errback or retry) without a context
+  not-injected                 the message carried no context at all
+  malformed-context            it carried one, and the worker refused it
   parent-missing               the consumer names a parent span that never arrived
+  undetermined                 the spans cannot tell two of the causes above apart: the
+                               report names both and the attribute that would decide
 
-It also lists the messages that were published and never consumed. Use it as
-`python doctor.py SOURCE...`, or from Python:
+Eager runs (apply(), task_always_eager) publish nothing: one that is a root is reported apart,
+by design or as a run that did not continue its caller. The doctor also lists the messages
+that were published and never consumed. Other implementations of these rules (SQL in a trace
+store) must give the same judgement: tests/doctor_corpus.py holds each rule as a scenario.
+Use it as `python doctor.py SOURCE...`, or from Python:
 
     from tracetools.doctor import assert_no_orphans, diagnose, load
     assert_no_orphans(load("spans.db"))   # in a test suite
     diagnose(load("traces.jsonl"))        # the --json object
 """
 
+import bisect
 import sys
 import textwrap
 import time
-from collections import Counter, defaultdict, deque
+from array import array
+from collections import Counter, defaultdict
 from typing import NamedTuple
 
 from tracetools.sources import SourceError, load
@@ -34,21 +41,31 @@ __all__ = [
     "report",
 ]
 
-CAUSES = ("not-extracted", "republished-without-context", "not-injected", "parent-missing")
+UNDETERMINED = "undetermined"
+CAUSES = ("not-extracted", "republished-without-context", "not-injected", "malformed-context",
+          "parent-missing", UNDETERMINED)
 NEVER_CONSUMED = "never-consumed"
+NOT_CONTINUED = "not-continued"  # an eager run that is a root, with its caller's span open
+BY_DESIGN = "by-design"  # an eager run that is a root, and nothing open to continue
 MEANING = {
-    "not-extracted": "the producer's span for the message is in the data, but the worker "
-                     "did not continue its context (or, for a worker service's root span, "
-                     "the worker records no consumer span at all)",
+    "not-extracted": "the message carried a usable trace context, but the worker did not "
+                     "continue it (or, for a worker service's root span, the worker records no "
+                     "consumer span at all)",
     "republished-without-context": "no producer span for the message, and it was published "
                                    "from inside another task (a chain step, callback, errback "
-                                   "or retry, or a publish in the task's own code)",
-    "not-injected": "no producer span for the message and no parent task: the process that "
-                    "published it sent no trace context",
+                                   "or retry, or a publish in the task's own code) without a "
+                                   "trace context",
+    "not-injected": "the message carried no trace context: the process that published it "
+                    "injected none",
+    "malformed-context": "the message carried a trace context and the worker refused it: "
+                         "unparsable, oversized or not ASCII",
     "parent-missing": "the consumer names a parent span that never arrived: a process that "
                       "exited without flushing, a failed export, another sampling decision, "
                       "or a time window that cut the trace",
+    UNDETERMINED: "the spans cannot tell these causes apart",
     NEVER_CONSUMED: "a producer span with no consumer span for its message",
+    NOT_CONTINUED: "an eager run (apply(), task_always_eager) started a trace of its own while "
+                   "a span of its caller was open: it did not continue the current context",
 }
 FIX = {
     "not-extracted": "Extract in the worker from task.request, where Celery puts the message "
@@ -60,25 +77,36 @@ FIX = {
                                    "every process.",
     "not-injected": "Inject the current context into every message in before_task_publish, in "
                     "every process that publishes: celery_signals.install() there too.",
+    "malformed-context": "Find what writes the traceparent header besides the propagator (a "
+                         "call site's headers=, another library, a proxy) and let "
+                         "before_task_publish inject it alone.",
     "parent-missing": "Make every process export its spans (flush in worker_process_shutdown "
                       "and at exit, watch for export errors), sample by parent, and read a "
                       "time window that holds whole traces.",
     NEVER_CONSUMED: "If the task ran, get its worker's spans out: flush in "
                     "worker_process_shutdown (a recycled prefork child exits with os._exit) "
                     "and watch for export errors; if it did not run, look in its queue.",
+    NOT_CONTINUED: "In task_prerun, when request.is_eager and nothing was extracted, start the "
+                   "consumer span under context.get_current(), as celery_signals does.",
 }
 CHAPTER = {
     "not-extracted": "tutorial/02-why-headers-never-arrive.md",
     "republished-without-context": "tutorial/05-every-publish-path.md",
     "not-injected": "tutorial/03-build-the-fix-step-by-step.md",
+    "malformed-context": "tutorial/04-the-full-module-line-by-line.md",
     "parent-missing": "tutorial/08-in-production.md",
     NEVER_CONSUMED: "tutorial/08-in-production.md",
+    NOT_CONTINUED: "tutorial/05-every-publish-path.md",
 }
 # How Celery spans are named: by this repository, then by opentelemetry-instrumentation-celery.
 NAME_PREFIXES = {
     "PRODUCER": ("celery.apply ", "apply_async/"),
     "CONSUMER": ("celery.run ", "celery.revoked ", "celery.failed ", "run/"),
 }
+CELERY_PREFIXES = NAME_PREFIXES["PRODUCER"] + NAME_PREFIXES["CONSUMER"]
+# The messaging conventions' span names, "<destination> <operation>" and the older
+# "<operation> <destination>": for Celery the destination is the task.
+OPERATIONS = ("publish", "process", "receive", "send")
 # The messaging conventions' operation, for spans whose kind does not say which side they are.
 OPERATION_SIDES = {
     "send": "PRODUCER", "publish": "PRODUCER", "create": "PRODUCER",
@@ -86,6 +114,12 @@ OPERATION_SIDES = {
 }
 # The current names first, then those older opentelemetry-instrumentation-celery releases wrote.
 TASK_NAME_KEYS = ("celery.task.name", "celery.task_name")
+# What our consumer spans record of the message: the context it carried, and whether it was
+# a message at all. Other values of celery.trace_context count as not recorded.
+TRACE_CONTEXTS = ("valid", "absent", "malformed")
+# opentelemetry-instrumentation-celery says eager inside the repr of the request's
+# delivery_info, which Celery's Task.apply fills.
+AUTO_EAGER = "'is_eager': True"
 # Spans this young may still have company on the way: exporters batch, backends index late.
 RECENT_SECONDS = 60
 REPORT_WIDTH = 92
@@ -103,9 +137,52 @@ class _Span(NamedTuple):
     task: str
     message_id: str
     parent_task_id: str
-    start_ns: int
+    trace_context: str  # one of TRACE_CONTEXTS, or None when the span does not say
+    eager: bool
+    start_ns: int  # its end is in the _Timeline of its service: only eager roots need it
     links: tuple  # span ids
     failed: bool
+
+
+class _Timeline:
+    """When every span of one service ran, in arrays, for finding an eager run's caller
+    among a million spans: 32 bytes a span, not a record."""
+
+    def __init__(self):
+        self.starts, self.ends = array("q"), array("q")
+        self.span_ids = []  # the strings the doctor's set of ids holds already
+        self.traces, self.names = array("i"), array("i")  # indexes into examine()'s lists
+        self.by_start = self.longest = None
+
+    def add(self, start_ns, end_ns, span_id, trace, name):
+        self.starts.append(start_ns)
+        self.ends.append(end_ns)
+        self.span_ids.append(span_id)
+        self.traces.append(trace)
+        self.names.append(name)
+
+    def caller(self, run, trace):
+        """The index of the span open around RUN in another trace than TRACE (its own and
+        its descendants'), the one that started last (tie: the larger span id); or None."""
+        def order(i):
+            return self.starts[i], self.span_ids[i]
+
+        if self.by_start is None:
+            self.by_start = sorted(range(len(self.starts)), key=order)
+            self.longest = max(e - s for s, e in zip(self.starts, self.ends))
+        # The run itself is in the timeline too; before it, every span that started earlier.
+        position = bisect.bisect_left(self.by_start, (run.start_ns, run.span_id), key=order)
+        end_ns = self.ends[self.by_start[position]]
+        # Latest start first: the first that qualifies is the answer. A span that started
+        # before end_ns - longest cannot have lasted until the run ended.
+        last = bisect.bisect_right(self.by_start, run.start_ns, key=self.starts.__getitem__)
+        for position in range(last - 1, -1, -1):
+            i = self.by_start[position]
+            if self.starts[i] < end_ns - self.longest:
+                return None
+            if self.ends[i] >= end_ns and self.traces[i] != trace:
+                return i
+        return None
 
 
 class Findings(NamedTuple):
@@ -121,12 +198,14 @@ class Findings(NamedTuple):
 
 def diagnose(spans, worker_services=()):
     """The doctor's judgement of SPANS (an iterable of span records, each once, as
-    tracetools.sources.load() gives them),
-    as the object `doctor.py --json` prints:
+    tracetools.sources.load() gives them), as the object `doctor.py --json` prints, every
+    list ordered by (start, span id):
 
     {"spans", "traces", "consumer_spans", "connected",
      "orphans": [{"trace_id", "span_id", "name", "service", "task", "message_id", "cause",
-                  "detail"}],
+                  "candidates", "decided_by", "detail"}],
+     "eager_roots": [{"trace_id", "span_id", "name", "service", "task", "verdict",
+                      "caller": None or {"trace_id", "span_id", "name"}}],
      "never_consumed": [{"trace_id", "span_id", "task", "message_id"}],
      "causes": {cause: count}}
 
@@ -135,51 +214,68 @@ def diagnose(spans, worker_services=()):
     return examine(spans, worker_services).diagnosis
 
 
+def failed(diagnosis):
+    """What counts against the spans: orphans, eager runs that did not continue their
+    caller, and messages never consumed. `doctor.py` exits 1 when there is any."""
+    return (len(diagnosis["orphans"]) + len(diagnosis["never_consumed"])
+            + sum(root["verdict"] == NOT_CONTINUED for root in diagnosis["eager_roots"]))
+
+
 def assert_no_orphans(spans, worker_services=()):
     """For your test suite: raise AssertionError, with the doctor's report, when a Celery span
-    is orphaned or a message was never consumed (when `doctor.py` would exit 1), and when no
-    Celery span is there at all: a check that cannot fail proves nothing."""
+    is orphaned, an eager run did not continue its caller or a message was never consumed
+    (when `doctor.py` would exit 1), and when no Celery span is there at all: a check that
+    cannot fail proves nothing."""
     findings = examine(spans, worker_services)
-    diagnosis = findings.diagnosis
-    if diagnosis["orphans"] or diagnosis["never_consumed"] or not findings.celery_spans:
+    if failed(findings.diagnosis) or not findings.celery_spans:
         raise AssertionError("\n" + report(findings))
 
 
 def examine(spans, worker_services=()):
     """diagnose(), with what the report for people needs besides: see Findings."""
     worker_services = frozenset(worker_services)
-    ids, traces = set(), {}
+    ids, traces, trace_list, names, name_list = set(), {}, [], {}, []
+    timelines = defaultdict(_Timeline)
     celery = []
     newest = None
     for span in spans:  # each once: tracetools.sources.load() sees to it
         ids.add(span["span_id"])
-        # One string per trace id, however many spans keep it.
-        trace_id = traces.setdefault(span["trace_id"], span["trace_id"])
+        trace = traces.setdefault(span["trace_id"], len(traces))
+        if trace == len(trace_list):
+            trace_list.append(span["trace_id"])  # one string per trace id, however many spans
+        name = names.setdefault(span["name"], len(names))
+        if name == len(name_list):
+            name_list.append(span["name"])
+        timelines[span["service"]].add(span["start_ns"], span["end_ns"], span["span_id"],
+                                       trace, name)
         newest = span["end_ns"] if newest is None else max(newest, span["end_ns"])
-        kept = _recognise(span, trace_id, worker_services)
+        kept = _recognise(span, trace_list[trace], worker_services)
         if kept is not None:
             celery.append(kept)
     producers = [s for s in celery if s.side == "PRODUCER"]
     consumers = [s for s in celery if s.side == "CONSUMER"]
-    suspects, linked = [], 0
+    reached = {c.parent_id for c in consumers} | {link for c in consumers for link in c.links}
+    suspects, eager_roots, linked = [], [], 0
     for span in consumers:
         if span.parent_id in ids:
-            continue
-        if span.parent_id is None and span.links:
+            continue  # connected, eager or not
+        if span.parent_id is None and span.eager:
+            eager_roots.append(span)  # nothing was published: never an orphan
+        elif span.parent_id is None and span.links:
             linked += 1  # a new trace on purpose, linked to its producer
         else:
             suspects.append(span)
-    connected = len(consumers) - len(suspects)
+    connected = len(consumers) - len(suspects) - len(eager_roots)
     suspects += [s for s in celery if s.side == "WORKER"]
-    reached = {c.parent_id for c in consumers} | {link for c in consumers for link in c.links}
     orphans, matched = _judge(suspects, producers, consumers, reached)
-    consumed = {c.message_id for c in consumers if c.message_id}
-    unconsumed = [
+    # An eager run consumed no message, whatever id it carries.
+    consumed = {c.message_id for c in consumers if c.message_id and not c.eager}
+    unconsumed = _by_start([
         p for p in producers
         # A publish that failed sent no message: there is nothing to consume.
         if not p.failed and p.message_id not in consumed
         and p.span_id not in reached and p.span_id not in matched
-    ]
+    ])
     causes = Counter(orphan["cause"] for orphan in orphans)
     diagnosis = {
         "spans": len(ids),
@@ -187,6 +283,11 @@ def examine(spans, worker_services=()):
         "consumer_spans": len(consumers),
         "connected": connected,
         "orphans": orphans,
+        "eager_roots": [
+            _eager_root(run, timelines[run.service], traces[run.trace_id], trace_list,
+                        name_list)
+            for run in _by_start(eager_roots)
+        ],
         "never_consumed": [
             {"trace_id": p.trace_id, "span_id": p.span_id, "task": p.task,
              "message_id": p.message_id}
@@ -196,9 +297,14 @@ def examine(spans, worker_services=()):
     }
     return Findings(
         diagnosis, len(producers) + len(consumers), linked,
-        frozenset(s.task for s in consumers), newest,
+        frozenset(s.task for s in consumers if not s.eager), newest,
         max((p.start_ns for p in unconsumed), default=None),
     )
+
+
+def _by_start(spans):
+    # Every list of the diagnosis is in this order, in every implementation.
+    return sorted(spans, key=lambda s: (s.start_ns, s.span_id))
 
 
 def _recognise(span, trace_id, worker_services):
@@ -211,7 +317,7 @@ def _recognise(span, trace_id, worker_services):
     is_celery = side is not None and (
         attributes.get("messaging.system") == "celery"
         or any(key in attributes for key in (*TASK_NAME_KEYS, "celery.action"))
-        or span["name"].startswith(NAME_PREFIXES[side])
+        or span["name"].startswith(CELERY_PREFIXES)
     )
     if not is_celery:
         if span["service"] in worker_services and span["parent_id"] is None \
@@ -219,90 +325,169 @@ def _recognise(span, trace_id, worker_services):
             return _keep(span, trace_id, "WORKER", task=None)
         return None
     task = next((attributes[k] for k in TASK_NAME_KEYS if attributes.get(k)), None)
-    if task is None:  # from the name: "celery.run tasks.add" or "run/tasks.add"
-        prefix = next((p for p in NAME_PREFIXES[side] if span["name"].startswith(p)), "")
-        task = span["name"][len(prefix):]
-    return _keep(span, trace_id, side, task)
+    return _keep(span, trace_id, side, task_from_name(span["name"]) if task is None else task)
+
+
+def task_from_name(name):
+    """The task a Celery span's NAME names: "celery.run tasks.add", "run/tasks.add",
+    "tasks.add publish" and "publish tasks.add" all name tasks.add; any other name, itself."""
+    for prefix in CELERY_PREFIXES:
+        if name.startswith(prefix) and name != prefix:
+            return name[len(prefix):]
+    destination, _, operation = name.rpartition(" ")
+    if destination and operation in OPERATIONS:
+        return destination
+    operation, _, destination = name.partition(" ")
+    if destination and operation in OPERATIONS:
+        return destination
+    return name
 
 
 def _keep(span, trace_id, side, task):
     attributes = span["attributes"]
     message_id = next((attributes[k] for k in MESSAGE_ID_KEYS if attributes.get(k)), None)
     parent_task_id = attributes.get("celery.parent_task_id") or None
+    trace_context = attributes.get("celery.trace_context")
     # Interned: a million spans share a handful of names, services and tasks.
     return _Span(
         side, trace_id, span["span_id"], span["parent_id"], sys.intern(span["name"]),
         span["service"] and sys.intern(span["service"]), task and sys.intern(str(task)),
         message_id and str(message_id), parent_task_id and str(parent_task_id),
-        span["start_ns"], tuple(link["span_id"] for link in span["links"]),
-        span["status"] == "ERROR",
+        sys.intern(trace_context) if trace_context in TRACE_CONTEXTS else None,
+        _is_eager(attributes), span["start_ns"],
+        tuple(link["span_id"] for link in span["links"]), span["status"] == "ERROR",
     )
 
 
+def _is_eager(attributes):
+    # A boolean from an SDK; a string from a store that keeps every value as one (ClickHouse).
+    return attributes.get("celery.is_eager") in (True, "true", "True") \
+        or AUTO_EAGER in str(attributes.get("celery.delivery_info", ""))
+
+
+def _eager_root(run, timeline, trace, trace_list, name_list):
+    caller = timeline.caller(run, trace)
+    entry = {"trace_id": run.trace_id, "span_id": run.span_id, "name": run.name,
+             "service": run.service, "task": run.task,
+             "verdict": BY_DESIGN if caller is None else NOT_CONTINUED, "caller": None}
+    if caller is not None:
+        entry["caller"] = {"trace_id": trace_list[timeline.traces[caller]],
+                           "span_id": timeline.span_ids[caller],
+                           "name": name_list[timeline.names[caller]]}
+    return entry
+
+
 def _judge(suspects, producers, consumers, reached):
-    """Each suspect's cause, oldest first; and the span ids of the producer spans that were
-    matched to one by task name and time."""
+    """Each suspect's verdict, oldest first; and the span ids of the producer spans that
+    were matched to one by task name and time."""
     by_message = defaultdict(list)
     for producer in producers:
         if producer.message_id:
             by_message[producer.message_id].append(producer)
     # Producer spans that record no message id (a hand-made one around apply_async, like
-    # app.py's) can only be joined by task name and time: each unconsumed one to the first
-    # orphaned consumer span of its task that started after it.
-    anonymous = defaultdict(deque)
-    for producer in sorted(producers, key=lambda p: p.start_ns):
+    # app.py's) can only be joined by task name and time: an orphan's is the latest one of
+    # its task that started at or before it, and that no consumer span continued.
+    anonymous = defaultdict(list)
+    for producer in _by_start(producers):
         if not producer.message_id and producer.span_id not in reached:
             anonymous[producer.task].append(producer)
     task_of_message = {c.message_id: c.task for c in consumers if c.message_id}
     orphans, matched = [], set()
-    for span in sorted(suspects, key=lambda s: s.start_ns):
-        cause, detail, anonymous_producer = _cause(span, by_message, anonymous, task_of_message)
-        if anonymous_producer is not None:
-            matched.add(anonymous_producer.span_id)
+    for span in _by_start(suspects):
+        producer, how = _producer(span, by_message, anonymous)
+        if how == "by task name and time":
+            matched.add(producer.span_id)
+        cause, candidates, decided_by = _cause(span, producer)
         orphans.append({
             "trace_id": span.trace_id, "span_id": span.span_id, "name": span.name,
             "service": span.service, "task": span.task, "message_id": span.message_id,
-            "cause": cause, "detail": detail,
+            "cause": cause, "candidates": candidates, "decided_by": decided_by,
+            "detail": _detail(span, cause, producer, how, task_of_message),
         })
     return orphans, matched
 
 
-def _cause(span, by_message, anonymous, task_of_message):
-    """(cause, detail, the producer span matched by task name and time or None)."""
-    if span.side == "WORKER":
-        return "not-extracted", (
-            f"a root span of worker service {span.service} that is not a Celery span: the "
-            "task ran with no consumer span to continue its producer's context"
-        ), None
-    if span.parent_id is not None:
-        return "parent-missing", f"its parent span {span.parent_id} never arrived", None
-    message = f"message {span.message_id}" if span.message_id else "its message (no id)"
-    producer = by_message[span.message_id][0] if span.message_id in by_message else None
-    if producer is not None:
-        return "not-extracted", (
-            f"producer span {producer.span_id} ({producer.service}, trace "
-            f"{producer.trace_id}) published {message}; this consumer span started trace "
-            f"{span.trace_id} instead of continuing it"
-        ), None
+def _producer(span, by_message, anonymous):
+    """(the producer span of SPAN's message, how it was found), or (None, None)."""
+    if span.side == "WORKER" or span.parent_id is not None:
+        return None, None
+    if span.message_id in by_message:
+        # Any of them: a retry publishes one id again, and each says the same.
+        return by_message[span.message_id][0], "by message id"
     queue = anonymous[span.task]
-    if queue and queue[0].start_ns <= span.start_ns:
-        producer = queue.popleft()
-        return "not-extracted", (
-            f"producer span {producer.span_id} ({producer.service}, trace "
-            f"{producer.trace_id}) records no message id; it is the first unconsumed publish "
-            f"of {span.task} before this span started, so matched by task name and time"
-        ), producer
+    before = bisect.bisect_right(queue, span.start_ns, key=lambda p: p.start_ns)
+    if before:
+        return queue[before - 1], "by task name and time"
+    return None, None
+
+
+# What celery.trace_context proves, when the spans record it.
+CONTEXT_CAUSES = {"valid": "not-extracted", "absent": "not-injected",
+                  "malformed": "malformed-context"}
+
+
+def _cause(span, producer):
+    """(cause, candidates, decided_by) of an orphan: a cause alone when the spans prove it,
+    else "undetermined", the candidates, and the attribute that would decide."""
+    if span.side == "WORKER":
+        return _proven("not-extracted")
+    if span.parent_id is not None:
+        return _proven("parent-missing")
+    if producer is not None:
+        if span.trace_context is None:
+            return UNDETERMINED, ["not-extracted", "not-injected"], "celery.trace_context"
+        return _proven(CONTEXT_CAUSES[span.trace_context])
+    if span.parent_task_id:
+        # Published from inside a task: proven, unless what the message carried says more.
+        if span.trace_context in ("valid", "malformed"):
+            return _proven(CONTEXT_CAUSES[span.trace_context])
+        return _proven("republished-without-context")
+    if span.trace_context is None:
+        return UNDETERMINED, ["not-injected", "republished-without-context"], \
+            "celery.parent_task_id"
+    # Our spans always record the parent task when there is one: there is none.
+    return _proven(CONTEXT_CAUSES[span.trace_context])
+
+
+def _proven(cause):
+    return cause, [cause], None
+
+
+def _detail(span, cause, producer, how, task_of_message):
+    """The evidence, in a sentence."""
+    if span.side == "WORKER":
+        return (f"a root span of worker service {span.service} that is not a Celery span: "
+                "the task ran with no consumer span to continue its producer's context")
+    if span.parent_id is not None:
+        return f"its parent span {span.parent_id} never arrived"
+    message = f"message {span.message_id}" if span.message_id else "its message (no id)"
+    carried = {
+        "valid": "it carried a usable trace context, and this consumer span did not continue "
+                 "it",
+        "absent": "it carried no trace context",
+        "malformed": "it carried a trace context that the worker refused",
+        None: "the consumer span does not record what the message carried "
+              "(celery.trace_context)",
+    }[span.trace_context]
+    if producer is not None:
+        found = (f"producer span {producer.span_id} ({producer.service}, trace "
+                 f"{producer.trace_id}) published {message}")
+        if how == "by task name and time":
+            found += (f", matched by task name and time: it records no message id, and it is "
+                      f"the latest publish of {span.task} before this span started")
+        return f"{found}; {carried}"
     if span.parent_task_id:
         parent_task = task_of_message.get(span.parent_task_id)
         parent = f"{span.parent_task_id} ({parent_task})" if parent_task else span.parent_task_id
-        return "republished-without-context", (
-            f"no producer span for {message}; it was published from inside task {parent}, "
-            "and nothing injected the context there"
-        ), None
-    return "not-injected", (
-        f"no producer span for {message} and no parent task: its publisher sent no context "
-        "(or its producer span is not in the data: another service, another time window)"
-    ), None
+        if span.trace_context is None:
+            carried = "nothing injected the context there"
+        return (f"no producer span for {message}; it was published from inside task "
+                f"{parent}, and {carried}")
+    if cause == UNDETERMINED:
+        return (f"no producer span for {message}, and the consumer span records neither a "
+                "parent task (celery.parent_task_id) nor what the message carried: published "
+                "by a process that injected nothing, or from inside a task")
+    return f"no producer span for {message} and no parent task; {carried}"
 
 
 def report(findings, now=None):
@@ -310,24 +495,37 @@ def report(findings, now=None):
     NOW (time.time()) is when the reader reads it: how old the newest span is matters."""
     diagnosis = findings.diagnosis
     lines = [_wrap(_summary(findings))]
-    if findings.linked == 1:
-        lines.append(_wrap("1 connected consumer span started a trace of its own that links "
+    if findings.linked:
+        lines.append(_wrap(f"{_count(findings.linked, 'connected consumer span')} "
+                           f"{_each(findings.linked)}started a trace of its own that links "
                            "to its producer: connected by design, not orphaned."))
-    elif findings.linked:
-        lines.append(_wrap(f"{findings.linked} connected consumer spans started traces of "
-                           "their own that link to their producers: connected by design, not "
-                           "orphaned."))
-    by_cause = defaultdict(list)
+    by_design = [r for r in diagnosis["eager_roots"] if r["verdict"] == BY_DESIGN]
+    if by_design:
+        lines.append(_wrap(f"{_count(len(by_design), 'eager run')} (apply(), "
+                           f"task_always_eager) {_each(len(by_design))}started a trace with "
+                           "no span of its caller open: nothing was published and there was "
+                           "nothing to continue, a root by design, not orphaned."))
+    sections = defaultdict(list)
     for orphan in diagnosis["orphans"]:
-        by_cause[orphan["cause"]].append(orphan)
-    for cause in sorted(by_cause, key=lambda c: (-len(by_cause[c]), CAUSES.index(c))):
-        sample = by_cause[cause][0]
-        lines += _section(cause, by_cause[cause], "span",
-                          f"{sample['name']} ({sample['service']}): {sample['detail']}")
+        sections[tuple(orphan["candidates"])].append(orphan)
+    for candidates in sorted(sections, key=lambda c: (-len(sections[c]), _rank(c))):
+        orphans = sections[candidates]
+        sample = f"{orphans[0]['name']} ({orphans[0]['service']}): {orphans[0]['detail']}"
+        lines += (_section(candidates[0], orphans, "span", sample) if len(candidates) == 1
+                  else _undetermined(candidates, orphans, sample))
+    not_continued = [r for r in diagnosis["eager_roots"] if r["verdict"] == NOT_CONTINUED]
+    if not_continued:
+        run, caller = not_continued[0], not_continued[0]["caller"]
+        lines += _section(NOT_CONTINUED, not_continued, "eager run", (
+            f"{run['name']} ({run['service']}): the span "
+            f"{caller['name']} ({caller['span_id']}, trace {caller['trace_id']}) of the same "
+            "service was open from before it started until after it ended"))
     never = diagnosis["never_consumed"]
     if never:
+        message = never[0]["message_id"]
         lines += _section(NEVER_CONSUMED, never, "message",
-                          f"message {never[0]['message_id']} of {never[0]['task']}")
+                          f"{f'message {message}' if message else 'a message (no id)'} of "
+                          f"{never[0]['task']}")
         lines += _undecided(findings)
     if findings.newest_end_ns is not None:
         age = (time.time() if now is None else now) - findings.newest_end_ns / 1e9
@@ -337,34 +535,81 @@ def report(findings, now=None):
     return "\n".join(lines)
 
 
+def _rank(candidates):
+    return min(CAUSES.index(cause) for cause in candidates)
+
+
 def _summary(findings):
     d = findings.diagnosis
-    where = f"in {d['spans']} span{_s(d['spans'])} and {d['traces']} trace{_s(d['traces'])}"
+    where = f"in {_count(d['spans'], 'span')} and {_count(d['traces'], 'trace')}"
     if not findings.celery_spans and not d["orphans"]:
         return f"No Celery span {where}: nothing to judge (the right services and time window?)"
-    never = len(d["never_consumed"])
-    unconsumed = f"; {never} message{_s(never)} never consumed" if never else ""
-    if not d["orphans"]:
-        return (f"No orphaned Celery span {where}: {d['consumer_spans']} consumer "
-                f"span{_s(d['consumer_spans'])}, all connected{unconsumed}.")
-    return (f"{len(d['orphans'])} orphaned span{_s(len(d['orphans']))} {where} "
-            f"({d['connected']} of {d['consumer_spans']} Celery consumer spans connected)"
-            f"{unconsumed}. By cause, worst first:")
+    # What else failed, besides orphans: the headline never hides it behind "connected".
+    also = [f"{_count(n, what)} {verb}" for n, what, verb in (
+        (sum(r["verdict"] == NOT_CONTINUED for r in d["eager_roots"]), "eager run",
+         "did not continue its caller"),
+        (len(d["never_consumed"]), "message", "never consumed"),
+    ) if n]
+    if d["orphans"]:
+        return (f"{_count(len(d['orphans']), 'orphaned span')} {where} "
+                f"({d['connected']} of {d['consumer_spans']} Celery consumer spans connected)"
+                f"{''.join(f'; {part}' for part in also)}. By cause, worst first:")
+    if not d["consumer_spans"]:
+        return (f"No Celery consumer span {where}, so nothing is known to be connected"
+                f"{''.join(f'; {part}' for part in also)}.")
+    if also:
+        return (f"No orphaned Celery span {where} ({d['connected']} of "
+                f"{d['consumer_spans']} Celery consumer spans connected), but "
+                f"{' and '.join(also)}.")
+    # Eager roots by design are neither connected nor orphaned: said on a line of their own.
+    if d["connected"] < d["consumer_spans"]:
+        return (f"No orphaned Celery span {where}: {d['connected']} of "
+                f"{_count(d['consumer_spans'], 'consumer span')} connected.")
+    return (f"No orphaned Celery span {where}: {_count(d['consumer_spans'], 'consumer span')}, "
+            "all connected.")
 
 
 def _section(cause, entries, noun, sample):
-    tasks = Counter(entry["task"] or "non-Celery root span" for entry in entries)
-    counted = ", ".join(f"{task} x{count}" if count > 1 else task
-                        for task, count in tasks.most_common())
     return [
         "",
-        _wrap(f"{cause}: {len(entries)} {noun}{_s(len(entries))} ({counted})", "", "  "),
+        _wrap(f"{cause}: {_count(len(entries), noun)} ({_tasks(entries)})", "", "  "),
         _wrap(f"{MEANING[cause][0].upper()}{MEANING[cause][1:]}.", "  "),
         f"  sample: trace {entries[0]['trace_id']}",
         _wrap(sample, "    "),
         _wrap(f"fix: {FIX[cause]}", "  ", "       "),
         f"  read: {CHAPTER[cause]}",
     ]
+
+
+# What would decide an undetermined orphan, and where it comes from.
+DECIDERS = {
+    "celery.trace_context": "celery.trace_context on the consumer span (what the message "
+                            "carried: valid, absent or malformed)",
+    "celery.parent_task_id": "celery.parent_task_id on the consumer span (the task that "
+                             "published the message, if one did)",
+}
+
+
+def _undetermined(candidates, orphans, sample):
+    lines = [
+        "",
+        _wrap(f"{UNDETERMINED} ({' or '.join(candidates)}): {_count(len(orphans), 'span')} "
+              f"({_tasks(orphans)})", "", "  "),
+        _wrap(f"The spans cannot tell these apart: {DECIDERS[orphans[0]['decided_by']]} "
+              "would decide, and celery_signals records it.", "  "),
+        f"  sample: trace {orphans[0]['trace_id']}",
+        _wrap(sample, "    "),
+    ]
+    for cause in candidates:
+        lines += [_wrap(f"if {cause}: {FIX[cause]}", "  ", "    "),
+                  f"    read: {CHAPTER[cause]}"]
+    return lines
+
+
+def _tasks(entries):
+    tasks = Counter(entry["task"] or "non-Celery root span" for entry in entries)
+    return ", ".join(f"{task} x{count}" if count > 1 else task
+                     for task, count in tasks.most_common())
 
 
 def _undecided(findings):
@@ -407,5 +652,9 @@ def _duration(seconds):
     return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
-def _s(count):
-    return "" if count == 1 else "s"
+def _each(count):
+    return "" if count == 1 else "each "
+
+
+def _count(count, noun):
+    return f"{count} {noun}{'' if count == 1 else 's'}"
