@@ -64,26 +64,26 @@ YOUR_TRACES = ("reads the reader's own traces: chapter 6 runs the doctor on trac
                "tests/test_doctor_sources.py on Jaeger's and Tempo's APIs")
 OPT_IN = ("an opt-in run of minutes or hours: the default suite runs the same tests at a "
           "smaller size")
-NOT_RUN = {
-    "python -m pytest": "the suite itself, which .ci/run runs: this walk is part of it",
-    "docker compose up --build": DOCKER,
-    "curl -X POST localhost:5000/orders -H 'Content-Type: application/json' "
-    "-d '{\"item\": \"book\", \"quantity\": 1}'": DOCKER,
-    "curl -X POST localhost:5001/orders -H 'Content-Type: application/json' "
-    "-d '{\"item\": \"book\", \"quantity\": 1}'": DOCKER,
-    "python doctor.py traces.jsonl --worker-service orders-worker": YOUR_TRACES,
-    "python doctor.py http://localhost:16686/api/v3/traces --service orders-web "
-    "--service orders-worker": YOUR_TRACES,
-    "python doctor.py http://jaeger:16686/api/v3/traces --service orders-web "
-    "--service orders-worker --lookback 30m": YOUR_TRACES,
-    "PROBE_TASKS=100000 python -m pytest tests/test_main_process_failures.py -k bounded -s":
-        OPT_IN,
-    "UPDATE_README=1 SOAK_TASKS=10000 python -m pytest tests/test_soak.py "
-    "tests/test_readme_reliability.py": OPT_IN,
-    "UPDATE_README=1 LOAD_ORDERS=20000 python -m pytest tests/test_load.py "
-    "tests/test_sampling.py tests/test_readme_reliability.py": OPT_IN,
-    "python -m benchmarks.run": "a benchmark, minutes long on a quiet machine: its figures "
-                                "are one recorded run, never a test",
+NOT_RUN = {  # (document, command): why the walk does not run it
+    ("README.md", "python -m pytest"): "the suite itself, which .ci/run runs: this walk is in it",
+    ("README.md", "docker compose up --build"): DOCKER,
+    ("README.md", "curl -X POST localhost:5000/orders -H 'Content-Type: application/json' "
+                  "-d '{\"item\": \"book\", \"quantity\": 1}'"): DOCKER,
+    ("README.md", "curl -X POST localhost:5001/orders -H 'Content-Type: application/json' "
+                  "-d '{\"item\": \"book\", \"quantity\": 1}'"): DOCKER,
+    ("README.md", "python doctor.py traces.jsonl --worker-service orders-worker"): YOUR_TRACES,
+    ("README.md", "python doctor.py http://localhost:16686/api/v3/traces --service orders-web "
+                  "--service orders-worker"): YOUR_TRACES,
+    ("06-prove-it-in-your-app.md", "python doctor.py http://jaeger:16686/api/v3/traces "
+     "--service orders-web --service orders-worker --lookback 30m"): YOUR_TRACES,
+    ("README.md", "PROBE_TASKS=100000 python -m pytest tests/test_main_process_failures.py "
+                  "-k bounded -s"): OPT_IN,
+    ("README.md", "UPDATE_README=1 SOAK_TASKS=10000 python -m pytest tests/test_soak.py "
+                  "tests/test_readme_reliability.py"): OPT_IN,
+    ("README.md", "UPDATE_README=1 LOAD_ORDERS=20000 python -m pytest tests/test_load.py "
+                  "tests/test_sampling.py tests/test_readme_reliability.py"): OPT_IN,
+    ("README.md", "python -m benchmarks.run"): "a benchmark, minutes long on a quiet machine: "
+                                               "its figures are one recorded run, never a test",
 }
 
 # (document, service, the words that tell the reader it must run)
@@ -184,7 +184,7 @@ def needs_venv(parts):
             files = installs(command)
             if files:
                 installed += [f for f in files if f not in installed]
-            elif command.text not in NOT_RUN and installed not in wanted:
+            elif (part.path.name, command.text) not in NOT_RUN and installed not in wanted:
                 wanted.append(list(installed))
     return wanted
 
@@ -235,7 +235,8 @@ class Walk:
         self.installed = list(installed)
         text = self.part.path.read_text()
         told = [(service, said.start()) for document, service, words in SERVICES
-                if document == self.part.path.name for said in [says(text, words)] if said]
+                if document == self.part.path.name for said in [says(text, words)]
+                if said and self.part.start <= said.start() < self.part.end]
         try:
             for command in commands(self.part):
                 for service, position in told:
@@ -267,8 +268,8 @@ class Walk:
             self.installed += [f for f in files if f not in self.installed]
             self.say(f"installed: {' '.join(files)} (a fresh virtualenv with "
                      f"{', '.join(self.installed)})")
-        elif command.text in NOT_RUN:
-            self.say(f"not run: {command.text}: {NOT_RUN[command.text]}")
+        elif (self.part.path.name, command.text) in NOT_RUN:
+            self.say(f"not run: {command.text}: {NOT_RUN[self.part.path.name, command.text]}")
         elif command.terminal:
             self.start_terminal(command.text)
         else:
@@ -301,7 +302,8 @@ class Walk:
         if process.returncode != 0:
             raise WalkFailed(f"`{text}` exited {process.returncode}{needs(output)}\n"
                              f"{tail(output)}{self.terminal_logs()}")
-        self.say(f"ran: {text} ({time.monotonic() - began:.1f} s)")
+        last = (output.strip().splitlines() or [""])[-1]
+        self.say(f"ran: {text} ({time.monotonic() - began:.1f} s): {last.strip()[:120]}")
 
     def start_terminal(self, text):
         log_path = self.tmp / f"terminal-{len(self.terminals) + 1}.log"
