@@ -26,8 +26,10 @@ PARTS = reader_walk.reading_order()
 PART_DEADLINE = 1800
 # A network namespace of the walk's own, with its loopback up: the commands' fixed ports
 # (4318, 5000, 8000, 6379) are free there, and no Redis or RabbitMQ of this machine answers.
-UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--",
-           "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+# A PID namespace too, with the walk as its first process: whatever happens to the walk, no
+# worker or server it started outlives it.
+UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child",
+           "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
 
 
 def namespace_problem():
