@@ -95,7 +95,7 @@ SERVICE_COMMANDS = {
     "redis": ["redis-server", "--port", "6379", "--bind", "127.0.0.1", "--save", "",
               "--appendonly", "no"],
 }
-SERVICE_PORTS = {"redis": 6379, "rabbitmq": 5672}
+SERVICE_PORTS = {"redis": 6379}
 
 
 @dataclass
@@ -138,15 +138,13 @@ def commands(part):
         indented = line.startswith("    ") and line.strip() and not in_fence
         if indented and block is None and number > 0 and not lines[number - 1].strip():
             marker = lines[number - 2].strip() if number > 1 else ""
-            block = {"terminal": marker == "<!-- terminals -->", "text": ""}
+            block = {"terminal": marker == "<!-- terminals -->", "lines": []}
         if block is not None and indented:
-            block["text"] += line[4:]
-            if not line.rstrip().endswith("\\"):
-                start = offsets[number]
-                text = " ".join(part.strip().rstrip("\\").strip()
-                                for part in block["text"].splitlines())
-                found.append(Command(text, start, block["terminal"]))
-                block["text"] = ""
+            block["lines"].append(line.strip().rstrip("\\").strip())
+            if not line.rstrip().endswith("\\"):  # else the command goes on in the next line
+                found.append(Command(" ".join(block["lines"]), offsets[number],
+                                     block["terminal"]))
+                block["lines"] = []
         elif block is not None and line.strip():
             block = None
     return [c for c in found if part.start <= c.position < part.end]
@@ -163,29 +161,27 @@ def installs(command):
     return files
 
 
-def venv_states(parts):
-    """For each part, the requirements files installed before it starts."""
-    states, installed = [], []
-    for part in parts:
-        states.append(list(installed))
+def plan(parts):
+    """(part number, command, the requirements files installed once it ran), in order."""
+    installed = []
+    for number, part in enumerate(parts):
         for command in commands(part):
-            files = installs(command)
-            if files:
-                installed += [f for f in files if f not in installed]
-    return states
+            installed = installed + [f for f in installs(command) or [] if f not in installed]
+            yield number, command, installed
+
+
+def installed_before(parts, number):
+    """The requirements files the parts before part NUMBER told the reader to install."""
+    return ([files for n, _, files in plan(parts) if n < number] or [[]])[-1]
 
 
 def needs_venv(parts):
     """Every list of requirements files some command runs with."""
     wanted = []
-    for part, installed in zip(parts, venv_states(parts)):
-        installed = list(installed)
-        for command in commands(part):
-            files = installs(command)
-            if files:
-                installed += [f for f in files if f not in installed]
-            elif (part.path.name, command.text) not in NOT_RUN and installed not in wanted:
-                wanted.append(list(installed))
+    for number, command, installed in plan(parts):
+        runs = not installs(command) and (parts[number].path.name, command.text) not in NOT_RUN
+        if runs and installed not in wanted:
+            wanted.append(installed)
     return wanted
 
 
@@ -213,15 +209,17 @@ READY = [
 
 
 class Walk:
-    def __init__(self, part, clone, python_for):
-        self.part, self.clone, self.python_for = part, Path(clone), python_for
+    def __init__(self, part, clone, venv_for):
+        self.part, self.clone, self.venv_for = part, Path(clone), venv_for
         self.installed, self.terminals, self.services, self.report = [], [], {}, []
         self.checked = []
         self.tmp = self.clone.parent / "tmp"
         self.tmp.mkdir(exist_ok=True)
 
     def env(self):
-        venv = self.python_for(self.installed).parent.parent
+        venv = self.venv_for(self.installed)
+        if not (venv / "complete").exists():
+            raise WalkFailed(f"no virtualenv was built for {self.installed}")
         return {
             "PATH": f"{venv}/bin:/usr/local/bin:/usr/bin:/bin", "VIRTUAL_ENV": str(venv),
             "HOME": os.environ.get("HOME", "/root"), "TMPDIR": str(self.tmp),
@@ -278,7 +276,7 @@ class Walk:
             if claim:
                 claim(self)
                 self.checked.append(claim)
-                self.say(f"checked: {claim.__doc__}")
+                self.say(f"checked: {' '.join(claim.__doc__.split())}")
 
     def run_command(self, text):
         if re.search(r"&\s*$", text):
@@ -308,7 +306,7 @@ class Walk:
     def start_terminal(self, text):
         log_path = self.tmp / f"terminal-{len(self.terminals) + 1}.log"
         with open(log_path, "wb") as log:
-            # bash execs a lone command: the signal at the end reaches it, as Ctrl-C would.
+            # bash execs a lone command, so the SIGTERM at the end reaches the program itself.
             process = subprocess.Popen(["bash", "-c", text], cwd=self.clone, env=self.env(),
                                        stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
@@ -455,9 +453,9 @@ CLAIMS = {
 
 def main(part_number, clone, venv_folder):
     part = reading_order()[int(part_number)]
-    installed = venv_states(reading_order())[int(part_number)]
+    installed = installed_before(reading_order(), int(part_number))
     walk = Walk(part, clone, lambda files: venvs.location(
-        venv_folder, "reader", [ROOT / name for name in files]) / "bin" / "python")
+        venv_folder, "reader", [ROOT / name for name in files]))
     try:
         walk.run(installed)
     except (WalkFailed, AssertionError) as failed:
