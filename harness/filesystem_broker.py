@@ -59,3 +59,10 @@ class Channel(filesystem.Channel):
 
 class Transport(filesystem.Transport):
     Channel = Channel
+
+    @property
+    def default_connection_params(self):
+        # A folder has no host. kombu's virtual transports default the hostname to
+        # "localhost", and then warn "No hostname was supplied" on every connection whose URL
+        # names none, as filesystem:// never does: a newcomer reads that line as an error.
+        return {"port": self.default_port}

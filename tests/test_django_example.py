@@ -25,7 +25,7 @@ def test_a_django_request_and_its_task_share_one_trace(sink, tmp_path):
         # The project imports celery_signals and tracing from the repository's root.
         "PYTHONPATH": os.pathsep.join([str(PROJECT), str(ROOT)]),
         "DJANGO_SETTINGS_MODULE": "orders_site.settings",
-        # A database of its own on the shared Redis: this app's default queue is "celery".
+        # A database of the test's own on the shared Redis, apart from a reader's project.
         "CELERY_BROKER_URL": "redis://127.0.0.1:6379/3",
         "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",

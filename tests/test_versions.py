@@ -7,12 +7,9 @@ it), one per pin file's content: a later run, from any clone, reuses them. The R
 "Tested with" table is the one this run produced.
 """
 
-import fcntl
-import hashlib
 import os
 import re
 import subprocess
-import sys
 import xml.etree.ElementTree as ElementTree
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
@@ -20,16 +17,15 @@ from pathlib import Path
 
 import pytest
 import readme_blocks
+import venvs
 
 from harness.processes import ROOT
 
 PIN_FILES = sorted((ROOT / "tests" / "versions").glob("*.txt"))
-VENVS = Path(os.environ.get("VERSIONS_CACHE")
-             or Path.home() / ".cache" / "celery-trace-propagation" / "versions")
+VENVS = Path(os.environ.get("VERSIONS_CACHE") or venvs.CACHE / "versions")
 # On one broker, Redis: the folder broker is this repository's own, made for kombu 5.7.
 INNER_TESTS = ["tests/test_celery_signals.py", "tests/test_propagation.py", "tests/test_matrix.py"]
 INNER_CELLS = "fixed:redis:prefork,fixed:redis:threads"
-BUILD_DEADLINE = 600
 RUN_DEADLINE = 600
 
 
@@ -41,26 +37,8 @@ def pins(pin_file):
 
 def build(pin_file):
     """A virtualenv with exactly PIN_FILE's packages; its python."""
-    digest = hashlib.sha256(pin_file.read_bytes()).hexdigest()[:12]
-    venv = VENVS / f"{pin_file.stem}-{digest}"
-    python = venv / "bin" / "python"
-    # One builder at a time per virtualenv: another clone's suite may be building it now.
-    with open(VENVS / f"{venv.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (venv / "complete").exists():
-            # No pip of its own: this interpreter's pip installs into it (pip --python), and
-            # without compiling every module up front. Half the time of a full virtualenv.
-            subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(venv)],
-                           check=True, capture_output=True, timeout=BUILD_DEADLINE)
-            # Every package is pinned in the file, dependencies included: nothing to resolve.
-            subprocess.run(
-                [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-                 "--disable-pip-version-check", "--no-deps", "--no-compile", "-r",
-                 str(pin_file)],
-                check=True, capture_output=True, text=True, timeout=BUILD_DEADLINE,
-            )
-            (venv / "complete").touch()
-    return python
+    # Every package is pinned in the file, dependencies included: nothing to resolve.
+    return venvs.build(VENVS, pin_file.stem, [pin_file], resolve=False)
 
 
 def run(pin_file, reports):
