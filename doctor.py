@@ -79,7 +79,8 @@ def main(argv=None):
         if since is None and args.lookback is not None:
             since = now - seconds(args.lookback, "--lookback")
         max_ratio = ratio(args.max_orphan_ratio)
-        spans = sources.load(args.sources, services=args.service, since=since, until=until,
+        spans = sources.load(args.sources, services=args.service,
+                             worker_services=args.worker_service, since=since, until=until,
                              limit=args.limit, timeout=args.timeout, warn=warn)
         findings = examine(spans, args.worker_service)
     except (BadInput, sources.SourceError) as error:

@@ -113,6 +113,12 @@ SOURCES = {
 }
 
 
+# Tempo is asked only for the traces its verdicts need, in HTTP calls that grow with the
+# orphans, not with the traffic (tracetools/sources.py): its totals count the traces it
+# fetched, not the whole corpus. Everything else must be the same.
+TOTALS_OF_FETCHED_TRACES = {"tempo": ("spans", "traces", "consumer_spans", "connected")}
+
+
 def run_doctor(capsys, *argv):
     status = doctor.main([*map(str, argv)])
     out, err = capsys.readouterr()
@@ -125,7 +131,11 @@ def test_every_source_gives_the_corpus_its_expected_diagnosis(source, tmp_path, 
         args = SOURCES[source](doctor_corpus.document(START_NS), tmp_path, stack)
         status, out, err = run_doctor(capsys, *args, "--json", *WORKER_ARGS)
     assert status == 1, err
-    assert doctor_corpus.without_detail(json.loads(out)) == doctor_corpus.expected(START_NS)
+    diagnosis = doctor_corpus.without_detail(json.loads(out))
+    expected = doctor_corpus.expected(START_NS)
+    for total in TOTALS_OF_FETCHED_TRACES.get(source, ()):
+        del diagnosis[total], expected[total]
+    assert diagnosis == expected
 
 
 def test_the_corpus_covers_every_cause_and_verdict():
