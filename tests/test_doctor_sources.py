@@ -464,3 +464,12 @@ def test_a_backend_that_refuses_or_never_answers_exits_2_in_bounded_time(capsys)
 def test_a_url_of_another_scheme_is_refused(capsys):
     status, _, err = run_doctor(capsys, "ftp://example.com/traces.json")
     assert status == 2 and "only http and https" in err
+
+
+def test_the_command_runs_and_its_help_says_what_tempos_totals_cover():
+    # The README tells readers to run `python doctor.py`: it must be a command, not a module.
+    shown = subprocess.run([sys.executable, "doctor.py", "--help"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "totals (spans, traces, consumer spans, connected) count only the traces it " \
+           "fetched" in " ".join(shown.stdout.split())
