@@ -303,7 +303,7 @@ def _jaeger_queries(parts, path, query, services, start, end, limit):
 # 6. with --worker-service, the traces whose root span is of a worker service
 #    (`trace:rootService`): a worker that records no consumer span leaves no trace for 2 to
 #    find, only a root of its own service. A worker that continues its callers' traces is
-#    never a root service, so these are orphans too.
+#    not their root service: what this finds are the roots the doctor judges.
 # 7. for each eager run that is a root (found in 2), the traces with a span of its service
 #    that lasted at least as long as the run, searched over the seconds the run took: Tempo
 #    keeps the traces that overlap a search's window, so the caller's (a span open around the
@@ -357,7 +357,7 @@ class _Tempo:
     def __init__(self, parts, base, query, start, end, limit, timeout, warn, worker_services):
         self.parts, self.base, self.timeout, self.warn = parts, base, timeout, warn
         self.worker_services = sorted(worker_services)
-        # A q of the URL's own narrows the two searches that look for candidates.
+        # A q of the URL's own narrows the searches that look for candidates.
         self.narrow = query.pop("q", None)
         self.params = {"start": str(int(start)), "end": str(int(end) + 1), "limit": str(limit),
                        **query}
@@ -389,6 +389,8 @@ class _Tempo:
             yield from spans
 
     def _fetch_callers(self):
+        """The traces that may hold the caller of each eager run that is a root (7 above)."""
+        # A span without a service.name cannot be searched by it.
         eager_roots = [span for spans in self.traces.values() for span in spans
                        if _side(span) == "CONSUMER" and span["parent_id"] is None
                        and is_eager(span["attributes"]) and span["service"]]
