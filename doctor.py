@@ -9,6 +9,9 @@ writes JSON lines), or the URL of a backend's query API: Jaeger 2's /api/v3/trac
 --since and --until keep the spans that started in that window; the window ends --settle
 before now unless --until says otherwise, since spans arrive late. Without them, every span
 of a file, and the last hour of Jaeger and Tempo (or --lookback).
+Tempo is searched for the traces the verdicts need, not read whole: its orphans, eager runs
+and unconsumed messages are the window's, but its totals (spans, traces, consumer spans,
+connected) count only the traces it fetched.
 Exit status: 0 nothing orphaned or unconsumed (or no more than --max-orphan-ratio of the
 consumer spans), 1 something is, 2 bad input or a source that cannot be read.
 The work is done in tracetools/doctor.py, which your tests can call too.
@@ -79,7 +82,8 @@ def main(argv=None):
         if since is None and args.lookback is not None:
             since = now - seconds(args.lookback, "--lookback")
         max_ratio = ratio(args.max_orphan_ratio)
-        spans = sources.load(args.sources, services=args.service, since=since, until=until,
+        spans = sources.load(args.sources, services=args.service,
+                             worker_services=args.worker_service, since=since, until=until,
                              limit=args.limit, timeout=args.timeout, warn=warn)
         findings = examine(spans, args.worker_service)
     except (BadInput, sources.SourceError) as error:
@@ -180,3 +184,7 @@ def _between(since, until, prefix):
 def _rfc3339(unix_seconds):
     moment = datetime.fromtimestamp(unix_seconds, timezone.utc)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,8 +8,9 @@
 FakeTempo serves span records and answers as Tempo does: /api/search?q=<TraceQL>&start=
 &end=&limit= with the ids of the matching traces, leading zeros dropped, and
 /api/traces/<trace id> with {"batches": ...} and base64 ids. It evaluates the TraceQL that
-tracetools.sources sends, no other: anything else gets a 400, as Tempo answers a query it
-cannot parse, so a changed query fails loudly.
+tracetools.sources sends, no other: each query is parsed, then rebuilt with sources' own
+function and compared, and anything else gets a 400, as Tempo answers a query it cannot
+parse, so a changed query fails loudly.
 """
 
 import base64
@@ -19,13 +20,15 @@ import threading
 import urllib.parse
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import NamedTuple
 
 from tracetools import otlp_json, sources
-from tracetools.span_record import message_id
+from tracetools.span_record import MESSAGE_ID_KEYS, message_id
 
 TRACE_PATH = re.compile(r"/api/traces/([0-9a-f]{32})")
-# The ids in a search by message id: each "..." after an =, with \" and \\ escaped.
+# The values a search compares with: each "..." after an =, with \" and \\ escaped.
 QUOTED = re.compile(r'= "((?:[^"\\]|\\.)*)"')
+LASTED = re.compile(r"duration >= (\d+)ns")
 
 
 def side(span):
@@ -77,6 +80,24 @@ class Backend(ThreadingHTTPServer):
         self.server_close()
 
 
+class _Trace(NamedTuple):
+    """What Tempo's search knows of a trace besides its spans."""
+
+    start_ns: int
+    end_ns: int
+    span_ids: set
+    consumer_parents: set  # the parent ids of its consumer spans
+    root_service: str  # trace:rootService: the service of its root span, or None
+
+
+def _trace(spans):
+    root = next((span for span in spans if span["parent_id"] is None), None)
+    return _Trace(min(span["start_ns"] for span in spans), max(span["end_ns"] for span in spans),
+                  {span["span_id"] for span in spans},
+                  {span["parent_id"] for span in spans if side(span) == "CONSUMER"},
+                  root and root["service"])
+
+
 class FakeTempo(Backend):
     """Grafana Tempo's query API over SPANS (span records)."""
 
@@ -84,6 +105,7 @@ class FakeTempo(Backend):
         self.traces = defaultdict(list)
         for span in spans:
             self.traces[span["trace_id"]].append(span)
+        self.searched = {trace_id: _trace(spans) for trace_id, spans in self.traces.items()}
         super().__init__(self._answer)
 
     @property
@@ -104,34 +126,42 @@ class FakeTempo(Backend):
         return (200, answer) if answer else (404, {"error": "trace not found"})
 
     def search(self, q, start, end, limit):
-        """The ids of the traces where a span matching Q started in [START, END) (seconds)."""
+        """The ids of the traces that overlap [START, END] (seconds) and hold a span matching
+        Q. Tempo keeps a trace when it started by END and ended at START or later (its
+        vparquet blocks' StartTimeUnixNano and EndTimeUnixNano), wherever the span is."""
         matches = self._matcher(q)
         if matches is None:
             return None
-        found = []
-        for trace_id, spans in self.traces.items():
-            ids = {span["span_id"] for span in spans}
-            consumer_parents = {s["parent_id"] for s in spans if side(s) == "CONSUMER"}
-            if any(start * 10**9 <= span["start_ns"] < end * 10**9
-                   and matches(span, ids, consumer_parents) for span in spans):
-                found.append(trace_id)
+        found = [trace_id for trace_id, trace in self.searched.items()
+                 if trace.start_ns <= end * 10**9 and trace.end_ns >= start * 10**9
+                 and any(matches(span, trace) for span in self.traces[trace_id])]
         return found[:limit]
 
     def _matcher(self, q):
+        """A function (span, _Trace) -> bool for the TraceQL Q, or None if sources sends no
+        such query."""
         if q == sources.TEMPO_CONSUMERS:
-            return lambda span, _, __: side(span) == "CONSUMER"
+            return lambda span, _: side(span) == "CONSUMER"
         if q == sources.TEMPO_UNPARENTED_CONSUMERS:
-            return lambda span, ids, _: side(span) == "CONSUMER" and span["parent_id"] not in ids
+            return lambda span, trace: (side(span) == "CONSUMER"
+                                        and span["parent_id"] not in trace.span_ids)
         if q == sources.TEMPO_CHILDLESS_PRODUCERS:
-            return lambda span, _, parents: (side(span) == "PRODUCER"
-                                             and span["span_id"] not in parents)
+            return lambda span, trace: (side(span) == "PRODUCER"
+                                        and span["span_id"] not in trace.consumer_parents)
+        quoted = [re.sub(r"\\(.)", r"\1", value) for value in QUOTED.findall(q)]
         for wanted_side, traceql in (("PRODUCER", sources.TEMPO_PRODUCER),
                                      ("CONSUMER", sources.TEMPO_CONSUMER)):
-            if q.startswith(f"{{ ({traceql}) && ("):
-                wanted = {re.sub(r"\\(.)", r"\1", quoted)
-                          for quoted in QUOTED.findall(q[len(traceql):])}
-                return lambda span, _, __, s=wanted_side: (side(span) == s
-                                                           and message_id(span) in wanted)
+            ids = quoted[::len(MESSAGE_ID_KEYS)]  # each id once per attribute name
+            if ids and q == sources.tempo_by_message_ids(traceql, ids):
+                return lambda span, _, s=wanted_side, ids=set(ids): (
+                    side(span) == s and message_id(span) in ids)
+        if quoted and q == sources.tempo_rooted_in(quoted):
+            return lambda _, trace: trace.root_service in quoted
+        lasted = LASTED.search(q)
+        if lasted and len(quoted) == 1 \
+                and q == sources.tempo_open_around(quoted[0], int(lasted[1])):
+            return lambda span, _: (span["service"] == quoted[0]
+                                    and span["end_ns"] - span["start_ns"] >= int(lasted[1]))
         return None
 
     def trace(self, trace_id):

@@ -18,9 +18,10 @@ import doctor_corpus
 import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from test_doctor_sources import Backend
 
 import doctor
+from harness.fake_backends import Backend, FakeTempo
+from tracetools import otlp_json
 from tracetools.sink import TraceSink
 
 # Ten minutes ago, on a whole second: inside every backend's default lookback.
@@ -53,27 +54,6 @@ def export_request(document):
                 link["traceId"] = base64.b64encode(_raw(link["traceId"], 16)).decode()
                 link["spanId"] = base64.b64encode(_raw(link["spanId"], 8)).decode()
     return json_format.ParseDict(copy, ExportTraceServiceRequest())
-
-
-def traces(document):
-    """{hex trace id: [one resourceSpans batch per batch that holds its spans]}."""
-    found = {}
-    for batch, spans in _spans(document):
-        for span in spans:
-            trace_id = _raw(span["traceId"], 16).hex()
-            found.setdefault(trace_id, {})
-            found[trace_id].setdefault(id(batch), {**batch, "scopeSpans": [
-                {"scope": batch["scopeSpans"][0].get("scope", {}), "spans": []}]})
-            found[trace_id][id(batch)]["scopeSpans"][0]["spans"].append(span)
-    return {trace_id: list(batches.values()) for trace_id, batches in found.items()}
-
-
-def serve(stack, routes):
-    """A backend's query API (test_doctor_sources.Backend), stopped with STACK."""
-    backend = Backend(routes)
-    stack.callback(backend.server_close)
-    stack.callback(backend.shutdown)
-    return backend
 
 
 # -- the sources -----------------------------------------------------------------------------
@@ -110,18 +90,18 @@ def jaeger(document, folder, stack):
                        for batch in document["resourceSpans"]
                        for attribute in batch["resource"]["attributes"]
                        if attribute["key"] == "service.name"})
-    backend = serve(stack, {"/api/v3/traces": (200, {"result": document})})
+    backend = stack.enter_context(Backend(lambda path, query: (
+        (200, {"result": document}) if path == "/api/v3/traces"
+        else (404, {"error": "not found"}))))
     return [f"{backend.url}/api/v3/traces",
             *(arg for service in services for arg in ("--service", service))]
 
 
 def tempo(document, folder, stack):
-    """Tempo: a search that finds trace ids (leading zeros dropped), then one trace each."""
-    by_trace = traces(document)
-    routes = {f"/api/traces/{trace_id}": (200, {"batches": batches})
-              for trace_id, batches in by_trace.items()}
-    routes["/api/search"] = (200, {"traces": [{"traceID": t.lstrip("0")} for t in by_trace]})
-    return [f"{serve(stack, routes).url}/api/search"]
+    """Tempo, searched with TraceQL as the doctor searches it (harness.fake_backends.FakeTempo
+    evaluates exactly those queries), and only the traces found fetched."""
+    tempo = stack.enter_context(FakeTempo(otlp_json.spans(document)))
+    return [f"{tempo.url}/api/search"]
 
 
 SOURCES = {
@@ -131,6 +111,12 @@ SOURCES = {
     "jaeger": jaeger,
     "tempo": tempo,
 }
+
+
+# Tempo is asked only for the traces its verdicts need, in HTTP calls that grow with the
+# orphans, not with the traffic (tracetools/sources.py): its totals count the traces it
+# fetched, not the whole corpus. Everything else must be the same.
+TOTALS_OF_FETCHED_TRACES = {"tempo": ("spans", "traces", "consumer_spans", "connected")}
 
 
 def run_doctor(capsys, *argv):
@@ -145,7 +131,11 @@ def test_every_source_gives_the_corpus_its_expected_diagnosis(source, tmp_path, 
         args = SOURCES[source](doctor_corpus.document(START_NS), tmp_path, stack)
         status, out, err = run_doctor(capsys, *args, "--json", *WORKER_ARGS)
     assert status == 1, err
-    assert doctor_corpus.without_detail(json.loads(out)) == doctor_corpus.expected(START_NS)
+    diagnosis = doctor_corpus.without_detail(json.loads(out))
+    expected = doctor_corpus.expected(START_NS)
+    for total in TOTALS_OF_FETCHED_TRACES.get(source, ()):
+        del diagnosis[total], expected[total]
+    assert diagnosis == expected
 
 
 def test_the_corpus_covers_every_cause_and_verdict():

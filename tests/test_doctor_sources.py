@@ -326,8 +326,10 @@ def records_of(export):
 
 def orders(count, orphans, unconsumed=0):
     """COUNT traces of one order each: a request, its publish, the run under it; ORPHANS of them
-    with the run cut off into a trace of its own, UNCONSUMED with no run at all."""
+    with the run cut off into a trace of its own, UNCONSUMED with no run at all. Each run
+    records that its message carried a usable context: an orphan is not-extracted."""
     spans = []
+    received = {"celery.trace_context": "valid"}
     for number in range(count):
         trace, message = f"{number + 1:032x}", f"message-{number}"
         request, publish, run = (f"{number + 1:04x}{part:012x}" for part in (1, 2, 3))
@@ -342,26 +344,28 @@ def orders(count, orphans, unconsumed=0):
         if number < orphans:
             spans.append(made_span(f"{number + 1:016x}{'f' * 16}", run, None,
                                    "celery.run tasks.add", "CONSUMER", "worker", start + 2,
-                                   message))
+                                   message, **received))
         else:
             spans.append(made_span(trace, run, publish, "celery.run tasks.add", "CONSUMER",
-                                   "worker", start + 2, message))
+                                   "worker", start + 2, message, **received))
     return spans
 
 
-def made_span(trace_id, span_id, parent_id, name, kind, service, start_ns, message=None):
+def made_span(trace_id, span_id, parent_id, name, kind, service, start_ns, message=None,
+              **recorded):
     attributes = {"messaging.system": "celery", "celery.task.name": "tasks.add",
-                  "messaging.message.id": message} if message else {}
+                  "messaging.message.id": message, **recorded} if message else {}
     return {"trace_id": trace_id, "span_id": span_id, "parent_id": parent_id, "name": name,
             "kind": kind, "service": service, "start_ns": start_ns, "end_ns": start_ns + 10,
             "status": "UNSET", "attributes": attributes, "resource": {"service.name": service},
             "links": []}
 
 
-def tempo_calls(spans):
+def tempo_calls(spans, worker_services=()):
     """The HTTP calls the doctor's Tempo source makes for SPANS, and its diagnosis."""
     with FakeTempo(spans) as tempo:
-        diagnosis = diagnose(load(f"{tempo.url}/api/search", since=1_600_000_000))
+        diagnosis = diagnose(load(f"{tempo.url}/api/search", since=1_600_000_000,
+                                  worker_services=worker_services), worker_services)
     return len(tempo.calls), diagnosis
 
 
@@ -390,6 +394,30 @@ def test_tempo_finds_messages_never_consumed_without_reading_every_trace():
     # 3 searches, the sample's traces, 2 orphan traces and their 2 producers' traces, 3
     # unconsumed producers' traces, then 1 search for consumers of those 3 messages: none.
     assert calls <= 3 + sources.TEMPO_SAMPLE_TRACES + 2 + 2 + 3 + 1
+
+
+def test_tempo_finds_worker_roots_and_eager_callers_with_a_search_each():
+    def window(count):
+        """COUNT healthy orders, then a legacy worker's root span, and an eager run that
+        started a trace of its own inside a cron tick (another trace, open around it)."""
+        after = 1_700_000_000_000_000_000 + count * 1_000_000
+        return [*orders(count, orphans=0),
+                made_span("e" * 32, "e" * 16, None, "legacy charge", "INTERNAL", "legacy", after),
+                {**made_span("c" * 32, "c" * 16, None, "cron tick", "INTERNAL", "cron", after),
+                 "end_ns": after + 100},
+                made_span("d" * 32, "d" * 16, None, "celery.run tasks.add", "CONSUMER", "cron",
+                          after + 10, "eager-1", **{"celery.is_eager": True})]
+
+    calls, diagnosis = tempo_calls(window(50), worker_services=["legacy"])
+    assert [(o["span_id"], o["cause"]) for o in diagnosis["orphans"]] == [
+        ("e" * 16, "not-extracted")]
+    [eager] = diagnosis["eager_roots"]
+    assert (eager["verdict"], eager["caller"]["span_id"]) == ("not-continued", "c" * 16)
+    # Ten times the traffic, the same findings: the same calls.
+    assert tempo_calls(window(500), worker_services=["legacy"])[0] == calls
+    # The three searches, the legacy worker's roots, the eager run's callers (never its
+    # producer: an eager run publishes nothing); the sample, the legacy, eager and cron traces.
+    assert calls <= 5 + sources.TEMPO_SAMPLE_TRACES + 3
 
 
 def test_one_trace_from_tempos_v2_api(export, backend, capsys):
@@ -436,3 +464,12 @@ def test_a_backend_that_refuses_or_never_answers_exits_2_in_bounded_time(capsys)
 def test_a_url_of_another_scheme_is_refused(capsys):
     status, _, err = run_doctor(capsys, "ftp://example.com/traces.json")
     assert status == 2 and "only http and https" in err
+
+
+def test_the_command_runs_and_its_help_says_what_tempos_totals_cover():
+    # The README tells readers to run `python doctor.py`: it must be a command, not a module.
+    shown = subprocess.run([sys.executable, "doctor.py", "--help"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "totals (spans, traces, consumer spans, connected) count only the traces it " \
+           "fetched" in " ".join(shown.stdout.split())

@@ -34,7 +34,7 @@ from collections import Counter, defaultdict
 from typing import NamedTuple
 
 from tracetools.sources import SourceError, load
-from tracetools.span_record import MESSAGE_ID_KEYS
+from tracetools.span_record import MESSAGE_ID_KEYS, is_eager
 
 __all__ = [
     "CAUSES", "Findings", "SourceError", "assert_no_orphans", "diagnose", "examine", "load",
@@ -117,9 +117,6 @@ TASK_NAME_KEYS = ("celery.task.name", "celery.task_name")
 # What our consumer spans record of the message: the context it carried, and whether it was
 # a message at all. Other values of celery.trace_context count as not recorded.
 TRACE_CONTEXTS = ("valid", "absent", "malformed")
-# opentelemetry-instrumentation-celery says eager inside the repr of the request's
-# delivery_info, which Celery's Task.apply fills.
-AUTO_EAGER = "'is_eager': True"
 # Spans this young may still have company on the way: exporters batch, backends index late.
 RECENT_SECONDS = 60
 REPORT_WIDTH = 92
@@ -354,15 +351,9 @@ def _keep(span, trace_id, side, task):
         span["service"] and sys.intern(span["service"]), task and sys.intern(str(task)),
         message_id and str(message_id), parent_task_id and str(parent_task_id),
         sys.intern(trace_context) if trace_context in TRACE_CONTEXTS else None,
-        _is_eager(attributes), span["start_ns"],
+        is_eager(attributes), span["start_ns"],
         tuple(link["span_id"] for link in span["links"]), span["status"] == "ERROR",
     )
-
-
-def _is_eager(attributes):
-    # A boolean from an SDK; a string from a store that keeps every value as one (ClickHouse).
-    return attributes.get("celery.is_eager") in (True, "true", "True") \
-        or AUTO_EAGER in str(attributes.get("celery.delivery_info", ""))
 
 
 def _eager_root(run, timeline, trace, trace_list, name_list):

@@ -22,7 +22,7 @@ from itertools import chain
 from pathlib import Path
 
 from tracetools import otlp_json, sink
-from tracetools.span_record import MESSAGE_ID_KEYS, message_id
+from tracetools.span_record import MESSAGE_ID_KEYS, is_eager, message_id
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 DEFAULT_LOOKBACK = 3600.0  # seconds: how far back a Jaeger or Tempo search looks, unless told
@@ -41,8 +41,8 @@ class SourceError(Exception):
     """A source that cannot be read: missing, not OTLP, a backend that does not answer."""
 
 
-def load(source, *, services=(), since=None, until=None, limit=DEFAULT_LIMIT,
-         timeout=DEFAULT_TIMEOUT, warn=_log.warning, resource=None):
+def load(source, *, services=(), worker_services=(), since=None, until=None,
+         limit=DEFAULT_LIMIT, timeout=DEFAULT_TIMEOUT, warn=_log.warning, resource=None):
     """The span records of SOURCE, as an iterator: read it once. SOURCE is a path (the sink's
     SQLite file, an OTLP JSON file) or an http(s) URL, or a list of them, read in turn.
 
@@ -52,14 +52,17 @@ def load(source, *, services=(), since=None, until=None, limit=DEFAULT_LIMIT,
     filters run in the store where it can (SQL on the sink's file, the search of a backend).
     SERVICES (Jaeger's query needs them) and LIMIT (traces per query) shape a backend's
     search, whose window is [SINCE, UNTIL), SINCE defaulting to DEFAULT_LOOKBACK seconds ago
-    and UNTIL to now. TIMEOUT bounds each request. Unreadable lines and spans are skipped and
-    counted, and WARN(message) says so once per source; a source with nothing readable raises
-    SourceError, as does one that is missing, not OTLP or does not answer.
+    and UNTIL to now. WORKER_SERVICES (the doctor's --worker-service) are searched for in
+    Tempo, which is asked only for the traces the doctor needs. TIMEOUT bounds each request.
+    Unreadable lines and spans are skipped and counted, and WARN(message) says so once per
+    source; a source with nothing readable raises SourceError, as does one that is missing,
+    not OTLP or does not answer.
     """
     window = (_nanoseconds(since), _nanoseconds(until))
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     # Opened now, read later: a missing file or a bad URL is said before anything is read.
-    readers = [_reader(str(one), services, window, limit, timeout, warn, resource or {})
+    readers = [_reader(str(one), services, worker_services, window, limit, timeout, warn,
+                       resource or {})
                for one in sources]
     return _each_once(chain.from_iterable(readers))
 
@@ -87,10 +90,10 @@ def _each_once(spans):
             yield span
 
 
-def _reader(source, services, window, limit, timeout, warn, resource):
+def _reader(source, services, worker_services, window, limit, timeout, warn, resource):
     scheme = urllib.parse.urlsplit(source).scheme
     if scheme in ("http", "https"):
-        spans = _from_url(source, services, window, limit, timeout, warn)
+        spans = _from_url(source, services, worker_services, window, limit, timeout, warn)
         return _kept(spans, window, resource)
     if "://" in source:
         raise SourceError(f"bad URL {source}: only http and https are read")
@@ -215,7 +218,7 @@ class _Skipped:
             self.warn(f"{self.source}: skipped {' and '.join(parts)} ({self.first_reason})")
 
 
-def _from_url(url, services, window, limit, timeout, warn):
+def _from_url(url, services, worker_services, window, limit, timeout, warn):
     parts = urllib.parse.urlsplit(url)
     if not parts.hostname:
         raise SourceError(f"bad URL {url}: no host")
@@ -233,7 +236,7 @@ def _from_url(url, services, window, limit, timeout, warn):
         return _spans_at([url], timeout)  # one trace: Jaeger 2's v3, Tempo's v1 or v2
     if path.endswith("/api/search"):
         tempo = _Tempo(parts, path.removesuffix("/api/search"), query, start, end, limit,
-                       timeout, warn)
+                       timeout, warn, worker_services)
         return tempo.spans()
     raise SourceError(
         f"bad URL {url}: give the query API's path, Jaeger 2's /api/v3/traces or "
@@ -297,12 +300,20 @@ def _jaeger_queries(parts, path, query, services, start, end, limit):
 #    message is "never consumed" only if no consumer span anywhere carries its id, and the
 #    consumer may sit in a trace that 2 did not return (it linked to its producer, or its
 #    parent is another publish of the same id).
+# 6. with --worker-service, the traces whose root span is of a worker service
+#    (`trace:rootService`): a worker that records no consumer span leaves no trace for 2 to
+#    find, only a root of its own service. A worker that continues its callers' traces is
+#    not their root service: what this finds are the roots the doctor judges.
+# 7. for each eager run that is a root (found in 2), the traces with a span of its service
+#    that lasted at least as long as the run, searched over the seconds the run took: Tempo
+#    keeps the traces that overlap a search's window, so the caller's (a span open around the
+#    run, in another trace) is among them. Without it the run would look "by design". One
+#    search per eager root, each bounded by --limit.
 #
 # Every trace found is fetched whole, once. What the doctor then counts (spans, traces,
 # consumer spans, connected ones) covers those traces, not the whole window: the orphans, their
-# causes and the unconsumed messages are the same as from a whole export. One thing is not
-# searched for: the root spans of a worker that records no consumer span at all
-# (--worker-service); its tasks' messages still show, as never consumed.
+# causes, the eager roots' verdicts and the unconsumed messages are the same as from a whole
+# export.
 TEMPO_CONSUMER = ('kind = consumer || span.messaging.operation.type =~ "process|deliver"'
                   ' || span.messaging.operation =~ "process|deliver"')
 TEMPO_PRODUCER = ('kind = producer || span.messaging.operation.type =~ "send|publish|create"'
@@ -323,6 +334,19 @@ def tempo_by_message_ids(side, ids):
     return f"{{ ({side}) && ({wanted}) }}"
 
 
+def tempo_rooted_in(services):
+    """The TraceQL search for the traces whose root span is of one of SERVICES."""
+    return "{ " + " || ".join(f"trace:rootService = {_traceql_string(service)}"
+                              for service in services) + " }"
+
+
+def tempo_open_around(service, duration_ns):
+    """The TraceQL search for the spans of SERVICE that lasted DURATION_NS or longer: with the
+    search's window on a run, the spans that may have been open around it."""
+    return (f"{{ resource.service.name = {_traceql_string(service)} "
+            f"&& duration >= {duration_ns}ns }}")
+
+
 def _traceql_string(text):
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -330,9 +354,10 @@ def _traceql_string(text):
 class _Tempo:
     """One Tempo /api/search source: the searches above, and the traces they find."""
 
-    def __init__(self, parts, base, query, start, end, limit, timeout, warn):
+    def __init__(self, parts, base, query, start, end, limit, timeout, warn, worker_services):
         self.parts, self.base, self.timeout, self.warn = parts, base, timeout, warn
-        # A q of the URL's own narrows the two searches that look for candidates.
+        self.worker_services = sorted(worker_services)
+        # A q of the URL's own narrows the searches that look for candidates.
         self.narrow = query.pop("q", None)
         self.params = {"start": str(int(start)), "end": str(int(end) + 1), "limit": str(limit),
                        **query}
@@ -342,20 +367,39 @@ class _Tempo:
     def spans(self):
         self._fetch(self._search(TEMPO_CONSUMERS, narrow=True, limit=TEMPO_SAMPLE_TRACES))
         self._fetch(self._search(TEMPO_UNPARENTED_CONSUMERS, narrow=True)
-                    + self._search(TEMPO_CHILDLESS_PRODUCERS, narrow=True))
+                    + self._search(TEMPO_CHILDLESS_PRODUCERS, narrow=True)
+                    + (self._search(tempo_rooted_in(self.worker_services), narrow=True)
+                       if self.worker_services else []))
         fetched = [span for spans in self.traces.values() for span in spans]
         produced = {message_id(s) for s in fetched if _side(s) == "PRODUCER"}
-        consumed = {message_id(s) for s in fetched if _side(s) == "CONSUMER"}
+        # An eager run consumed no message and is never joined to a producer, whatever id it
+        # carries: it neither needs a producer nor makes a message consumed.
+        received = [s for s in fetched
+                    if _side(s) == "CONSUMER" and not is_eager(s["attributes"])]
+        consumed = {message_id(s) for s in received}
         parents = {s["parent_id"] for s in fetched if _side(s) == "CONSUMER"}
         ids = {s["span_id"] for s in fetched}
-        unparented = {message_id(s) for s in fetched
-                      if _side(s) == "CONSUMER" and s["parent_id"] not in ids}
+        unparented = {message_id(s) for s in received if s["parent_id"] not in ids}
         childless = {message_id(s) for s in fetched
                      if _side(s) == "PRODUCER" and s["span_id"] not in parents}
         self._fetch_carrying(TEMPO_PRODUCER, unparented - produced - {None})
         self._fetch_carrying(TEMPO_CONSUMER, childless - consumed - {None})
+        self._fetch_callers()
         for spans in self.traces.values():
             yield from spans
+
+    def _fetch_callers(self):
+        """The traces that may hold the caller of each eager run that is a root (7 above)."""
+        # A span without a service.name cannot be searched by it.
+        eager_roots = [span for spans in self.traces.values() for span in spans
+                       if _side(span) == "CONSUMER" and span["parent_id"] is None
+                       and is_eager(span["attributes"]) and span["service"]]
+        for run in eager_roots:
+            # Whole seconds around the run: Tempo's search window is in seconds.
+            window = (run["start_ns"] // 10**9, run["end_ns"] // 10**9 + 1)
+            self._fetch(self._search(
+                tempo_open_around(run["service"], run["end_ns"] - run["start_ns"]),
+                window=window))
 
     def _fetch_carrying(self, side, message_ids):
         ordered = sorted(message_ids)
@@ -363,10 +407,12 @@ class _Tempo:
             batch = ordered[first:first + TEMPO_IDS_PER_SEARCH]
             self._fetch(self._search(tempo_by_message_ids(side, batch)))
 
-    def _search(self, traceql, narrow=False, limit=None):
+    def _search(self, traceql, narrow=False, limit=None, window=None):
         if narrow and self.narrow:
             traceql = f"({traceql}) && ({self.narrow})"
         params = {**self.params, "q": traceql, **({"limit": str(limit)} if limit else {})}
+        if window:
+            params["start"], params["end"] = map(str, window)
         search = urllib.parse.urlunsplit(self.parts._replace(
             path=f"{self.base}/api/search", query=_encode(params),
         ))
