@@ -50,7 +50,7 @@ from traces import (
 
 from harness.polling import poll_until, port_answers
 from harness.processes import stop_all
-from tracetools.sink import load_spans
+from tracetools.sources import load
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMAND_DEADLINE = 300
@@ -390,7 +390,7 @@ def spans_in(walk, want, what):
     found = []
 
     def arrived():
-        found[:] = load_spans(str(db)) if db.exists() else []
+        found[:] = sorted(load(str(db)), key=lambda span: span["start_ns"]) if db.exists() else []
         return want(found)
 
     try:
