@@ -72,11 +72,12 @@ def run_variant(variant, workdir, sink, cancelled):
     return deployment.spans()
 
 
-def run_variants(variants):
-    """{variant: the spans of one order} for each of VARIANTS, run side by side."""
+def run_variants(variants, otlp_json=None):
+    """{variant: the spans of one order} for each of VARIANTS, run side by side; every
+    export also appended to the file OTLP_JSON as OTLP JSON lines, if given."""
     cancelled = threading.Event()
     with tempfile.TemporaryDirectory(prefix="celery-trace-demo-") as tmp, \
-            TraceSink(os.path.join(tmp, "spans.db")) as sink, \
+            TraceSink(os.path.join(tmp, "spans.db"), otlp_json_path=otlp_json) as sink, \
             ThreadPoolExecutor(len(variants)) as pool:
         # The variants run side by side, each on queues of its own: a worker takes seconds
         # to shut down, and one after the other they would keep you waiting.
@@ -127,11 +128,17 @@ def main(argv=None):
         help="also write the traces to FILE as waterfalls, broken next to fixed, every bar on "
              "one time scale: one HTML page that needs nothing else, for any browser",
     )
+    parser.add_argument(
+        "--otlp-json", metavar="FILE",
+        help="also append every span the variants' processes export to FILE, as OTLP JSON "
+             "lines (what the Collector's file exporter writes): traces for doctor.py",
+    )
     args = parser.parse_args(argv)
-    if args.html and not Path(args.html).resolve().parent.is_dir():
-        parser.error(f"--html {args.html}: no folder {Path(args.html).resolve().parent}")
+    for option, path in (("--html", args.html), ("--otlp-json", args.otlp_json)):
+        if path and not Path(path).resolve().parent.is_dir():
+            parser.error(f"{option} {path}: no folder {Path(path).resolve().parent}")
     try:
-        spans = run_variants(args.variants)
+        spans = run_variants(args.variants, args.otlp_json)
     except KeyboardInterrupt:
         progress("interrupted: every process the demo started has been stopped")
         return 130

@@ -426,6 +426,19 @@ def one_trace_from_the_request_through_both_workers(walk):
     assert not broker_left(walk), f"messages left in the broker: {broker_left(walk)}"
 
 
+SCHEDULED_CHECK = "python doctor.py traces.jsonl --since 15m --settle 0s --max-orphan-ratio 0.001"
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+def the_check_prints_the_line_the_readme_shows(walk):
+    """the scheduled check's first line is the one the README shows, times aside"""
+    text = walk.part.path.read_text()
+    after = text[text.index(SCHEDULED_CHECK):]
+    shown = after[after.index("```\n") + 4:].splitlines()[0]
+    printed = (walk.tmp / "command.log").read_text().splitlines()[0]
+    assert RFC3339.sub("<time>", printed) == RFC3339.sub("<time>", shown), printed
+
+
 DJANGO_TASK = "orders_site.tasks.process_order"
 
 
@@ -448,6 +461,7 @@ CLAIMS = {
     ("06-prove-it-in-your-app.md", POST_ORDER): one_trace_from_the_request_through_both_workers,
     ("07-your-framework.md", "curl -X POST localhost:8000/orders/"):
         one_trace_from_the_django_view_through_the_worker,
+    ("README.md", SCHEDULED_CHECK): the_check_prints_the_line_the_readme_shows,
 }
 
 
