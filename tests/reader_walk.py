@@ -251,7 +251,9 @@ class Walk:
             if document == self.part.path.name and self.part.start == 0 and not says(text, words):
                 raise WalkFailed(f"SERVICES: {document} no longer says {words!r}")
         for (document, command), claim in CLAIMS.items():
-            if document == self.part.path.name and claim not in self.checked:
+            # The README is read in two parts: a claim belongs to the one that holds it.
+            mine = command in text[self.part.start:self.part.end]
+            if document == self.part.path.name and mine and claim not in self.checked:
                 # The result the prose claims, checked all the same: it names what is missing.
                 claim(self)
                 raise WalkFailed(f"the prose claims what `{command}` shows, and never gives "
