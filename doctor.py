@@ -3,8 +3,11 @@
     python doctor.py SOURCE [SOURCE...] [--json] [--worker-service NAME ...]
 
 SOURCE is the trace sink's SQLite file, an OTLP JSON file (the Collector's file exporter
-writes JSON lines), or the URL of a backend's query API: Jaeger 2's /api/v3/traces (with
---service and --lookback) or Grafana Tempo's /api/traces/<trace id> or /api/search.
+writes JSON lines; gzip and zstd too, read with chDB), or the URL of a backend's query API:
+Jaeger 2's /api/v3/traces (with --service and --lookback), Grafana Tempo's
+/api/traces/<trace id> or /api/search, or ClickHouse's HTTP interface,
+clickhouse://HOST:8123/DATABASE?table=otel_traces (clickhouses:// for HTTPS), where the join
+runs as SQL (tracetools/clickhouse.py).
 Exit status: 0 nothing orphaned or unconsumed, 1 something is, 2 a source cannot be read.
 The work is done in tracetools/doctor.py, which your tests can call too.
 """
@@ -14,7 +17,7 @@ import itertools
 import json
 import sys
 
-from tracetools import sources
+from tracetools import engines, sources
 from tracetools.doctor import examine, report
 
 
@@ -41,17 +44,26 @@ def main(argv=None):
                         help="Jaeger and Tempo searches: at most this many traces (%(default)s)")
     parser.add_argument("--timeout", type=float, default=sources.DEFAULT_TIMEOUT,
                         help="seconds to wait for each answer of a backend (%(default)s)")
+    parser.add_argument("--engine", choices=engines.ENGINES, default="auto",
+                        help="what reads an OTLP JSON file: chdb (big or compressed files), "
+                             "python, or auto: chdb for compressed files and for files of "
+                             "64 MiB or more when chdb is installed (%(default)s)")
     args = parser.parse_args(argv)
 
     def warn(message):
         print(f"doctor: {message}", file=sys.stderr)
 
     try:
-        spans = itertools.chain.from_iterable(
-            sources.load(source, args.service, args.lookback, args.limit, args.timeout, warn)
-            for source in args.sources
-        )
-        findings = examine(spans, args.worker_service)
+        if engines.in_store(args.sources, args.engine):
+            findings = engines.findings(args.sources[0], None, None, args.worker_service,
+                                        args.limit, args.timeout, warn)
+        else:
+            spans = itertools.chain.from_iterable(
+                sources.load(source, args.service, args.lookback, args.limit, args.timeout,
+                             warn)
+                for source in args.sources
+            )
+            findings = examine(spans, args.worker_service)
     except sources.SourceError as error:
         warn(str(error))
         return 2

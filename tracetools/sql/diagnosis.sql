@@ -1,0 +1,263 @@
+-- The doctor's diagnosis, run inside ClickHouse on the table the OpenTelemetry Collector's
+-- ClickHouse exporter writes (otel_traces). Only the findings come back, never the spans.
+--
+-- It reads both of the exporter's schemas: the default one, whose SpanAttributes column is a
+-- Map(LowCardinality(String), String), and the json option's, where it is of type JSON.
+-- `SpanAttributes['key']` works on both; toString() turns the JSON type's typed values
+-- (true, 3) into the strings the Map holds ('true', '3'), and a missing key into ''.
+-- So an attribute that is set to '' counts as absent here.
+--
+-- The rules are those of tracetools/doctor.py (the Python doctor), written down in
+-- DOCTOR_RULES.md: a conformance test holds the two to the same --json diagnosis.
+--
+-- Paste it into clickhouse-client (from tracetools/sql/) with its parameters, e.g.
+--   clickhouse-client --param_database=otel --param_table=otel_traces \
+--     --param_since='2026-12-03 00:00:00' --param_until='2026-12-04 00:00:00' \
+--     --param_worker_services="[]" --param_limit=20 --queries-file tracetools/sql/diagnosis.sql
+-- Times are UTC; the window is half-open: since <= Timestamp (the span's start) < until.
+--
+-- One row comes back: the counts, and the orphans, the eager roots and the never-consumed
+-- messages, each list ordered by (start_ns, span_id) and cut at {limit} (read it with
+-- FORMAT Vertical). The counts are whole, whatever {limit} says.
+--
+-- The query scans the window's rows a handful of times (the Celery spans, the span ids that
+-- consumers name as parents, the caller of each eager root, the totals), and holds what it
+-- judges, the Celery spans, not every span.
+WITH
+    -- The window's rows, with the few columns the doctor reads under its own names.
+    spans AS (
+        SELECT
+            SpanId AS span_id,
+            TraceId AS trace_id,
+            ParentSpanId AS parent_id,  -- '' for a root
+            SpanName AS name,
+            ServiceName AS service,
+            toUnixTimestamp64Nano(Timestamp) AS start_ns,
+            toInt64(start_ns + Duration) AS end_ns,
+            SpanKind AS kind,  -- 'Consumer' now, 'SPAN_KIND_CONSUMER' before: a table kept
+                               -- across an exporter upgrade holds both
+            StatusCode IN ('Error', 'STATUS_CODE_ERROR') AS failed,
+            SpanAttributes AS attributes,
+            `Links.SpanId` AS links
+        FROM {database:Identifier}.{table:Identifier}
+        WHERE Timestamp >= {since:DateTime64(9, 'UTC')} AND Timestamp < {until:DateTime64(9, 'UTC')}
+    ),
+
+    -- Celery's producer and consumer spans, and the worker services' roots that are not
+    -- Celery spans (--worker-service: a worker that records no consumer span), each once:
+    -- a span exported twice must not count twice.
+    celery AS (
+        SELECT
+            span_id, trace_id, parent_id, name, service, start_ns, end_ns, failed, links,
+            side, task, message_id, parent_task_id, trace_context, is_eager
+        FROM (
+            SELECT
+                span_id, trace_id, parent_id, name, service, start_ns, end_ns, failed, links,
+                toString(attributes['messaging.operation.type']) AS operation_type,
+                toString(attributes['messaging.operation']) AS operation_old,
+                if(operation_type != '', operation_type, operation_old) AS operation,
+                -- The span's kind says which side it is; else the messaging conventions'
+                -- operation does.
+                multiIf(
+                    kind IN ('Producer', 'SPAN_KIND_PRODUCER'), 'PRODUCER',
+                    kind IN ('Consumer', 'SPAN_KIND_CONSUMER'), 'CONSUMER',
+                    operation IN ('send', 'publish', 'create'), 'PRODUCER',
+                    operation IN ('process', 'deliver'), 'CONSUMER',
+                    '') AS messaging_side,
+                toString(attributes['celery.task.name']) AS task_name_new,
+                toString(attributes['celery.task_name']) AS task_name_old,
+                -- A Celery span: says so, names a task, or is named the way this repository
+                -- and opentelemetry-instrumentation-celery name theirs.
+                messaging_side != '' AND (
+                    toString(attributes['messaging.system']) = 'celery'
+                    OR task_name_new != '' OR task_name_old != ''
+                    OR toString(attributes['celery.action']) != ''
+                    OR match(name, '^(celery\\.(apply|run|revoked|failed) |apply_async/|run/)')
+                ) AS is_celery,
+                if(is_celery, messaging_side, 'WORKER') AS side,
+                -- The task: from the attribute, else from the span name, never the whole
+                -- name when it has one of the known shapes.
+                multiIf(
+                    task_name_new != '', task_name_new,
+                    task_name_old != '', task_name_old,
+                    match(name, '^(celery\\.(apply|run|revoked|failed) |apply_async/|run/).'),
+                        replaceRegexpOne(name, '^(celery\\.(apply|run|revoked|failed) |apply_async/|run/)', ''),
+                    match(name, '^.+ (publish|process|receive|send)$'),
+                        replaceRegexpOne(name, ' (publish|process|receive|send)$', ''),
+                    match(name, '^(publish|process|receive|send) .+'),
+                        replaceRegexpOne(name, '^(publish|process|receive|send) ', ''),
+                    name) AS celery_task,
+                if(is_celery, celery_task, '') AS task,  -- a worker root names no task
+                if(toString(attributes['messaging.message.id']) != '',
+                   toString(attributes['messaging.message.id']),
+                   toString(attributes['messaging.message_id'])) AS message_id,
+                toString(attributes['celery.parent_task_id']) AS parent_task_id,
+                toString(attributes['celery.trace_context']) AS trace_context,
+                -- Ours record celery.is_eager (a JSON column holds true, a Map 'true');
+                -- the auto-instrumentation writes the request's delivery_info as a string.
+                toString(attributes['celery.is_eager']) IN ('true', 'True')
+                    OR position(toString(attributes['celery.delivery_info']),
+                                '\'is_eager\': True') > 0 AS is_eager
+            FROM spans
+            WHERE is_celery
+               OR (service IN {worker_services:Array(String)} AND parent_id = '' AND empty(links))
+        )
+        LIMIT 1 BY span_id
+    ),
+
+    -- Span ids that the consumer spans name as parent or link: a producer span they reach
+    -- was consumed, whatever its message id says.
+    reached AS (
+        SELECT arrayJoin(arrayPushFront(links, parent_id)) AS span_id
+        FROM celery
+        WHERE side = 'CONSUMER'
+    ),
+
+    -- The parents the consumer spans name that are in the window. The set looked up is the
+    -- consumers' (small), not every span id (huge).
+    present AS (
+        SELECT span_id FROM spans WHERE span_id IN reached
+    ),
+
+    -- Eager runs that are roots, and for each the span open around it, if any: a span of the
+    -- same service, in another trace (not the run nor its descendants), that started at or
+    -- before it and ended at or after it; the one that started last (then the largest span
+    -- id). The window's spans stream through the join; the eager roots, few, are held.
+    callers AS (
+        SELECT run.span_id AS run_id,
+               argMax((s.span_id, s.trace_id, s.name), (s.start_ns, s.span_id)) AS caller
+        FROM spans AS s
+        INNER JOIN (
+            SELECT span_id, trace_id, service, start_ns, end_ns FROM celery
+            WHERE side = 'CONSUMER' AND is_eager AND parent_id = ''
+        ) AS run ON s.service = run.service
+        WHERE s.trace_id != run.trace_id AND s.start_ns <= run.start_ns
+          AND s.end_ns >= run.end_ns
+        GROUP BY run.span_id
+    ),
+
+    -- 1. What each span's own row and the sets above say.
+    own AS (
+        SELECT *,
+            parent_id != '' AND parent_id IN present AS parent_present,
+            side = 'PRODUCER' AND span_id IN reached AS producer_reached,
+            -- A producer span with no message id (made by hand around apply_async) that no
+            -- consumer reached: it can only be joined by task and time.
+            side = 'PRODUCER' AND message_id = '' AND NOT producer_reached AS anonymous,
+            multiIf(
+                side = 'WORKER', 'orphan',
+                side = 'PRODUCER', 'producer',
+                parent_present, 'connected',
+                parent_id != '', 'orphan',       -- its parent never arrived
+                is_eager, 'eager_root',          -- nothing was published: never an orphan
+                notEmpty(links), 'linked',       -- a new trace on purpose, linked: by design
+                'orphan') AS state,
+            -- A non-eager root without links: its producer is looked for.
+            state = 'orphan' AND side = 'CONSUMER' AND parent_id = '' AS looks_for_producer
+        FROM celery
+    ),
+
+    -- 2. What the spans of the same message, and of the same task before it, say.
+    around AS (
+        SELECT *,
+            -- A producer span of the same message id, as evidence (the earliest).
+            argMinIf((span_id, trace_id, service), (start_ns, span_id),
+                     side = 'PRODUCER' AND message_id != '')
+                OVER (PARTITION BY message_id) AS by_id,
+            -- Consumer spans of the message, eager runs aside: they consumed no message.
+            countIf(side = 'CONSUMER' AND NOT is_eager)
+                OVER (PARTITION BY message_id) AS consumers_of_message,
+            -- The anonymous producer of the task that started last at or before this span
+            -- (at equal starts, producers come first, then the larger span id wins): ASOF,
+            -- not one to one; and how many of them came so far, to tell whose turn it is.
+            argMaxIf((span_id, trace_id, service), (start_ns, span_id), anonymous)
+                OVER in_time AS by_task,
+            countIf(anonymous) OVER in_time AS anonymous_so_far
+        FROM own
+        WINDOW in_time AS (PARTITION BY task ORDER BY start_ns, side != 'PRODUCER', span_id
+                           ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+    ),
+
+    -- 3. The orphans' producers.
+    matched AS (
+        SELECT *,
+            looks_for_producer AND by_id.1 != '' AS producer_by_id,
+            looks_for_producer AND NOT producer_by_id AND by_task.1 != '' AS producer_by_task,
+            multiIf(producer_by_id, by_id, producer_by_task, by_task,
+                    ('', '', '')) AS producer
+        FROM around
+    ),
+
+    -- 4. Every verdict.
+    judged AS (
+        SELECT m.*, c.caller AS caller,
+            producer_by_id OR producer_by_task AS has_producer,
+            -- What the message carried (our consumer spans record it) proves a cause.
+            multiIf(trace_context = 'absent', 'not-injected',
+                    trace_context = 'malformed', 'malformed-context',
+                    trace_context = 'valid', 'not-extracted',
+                    '') AS carried,
+            multiIf(
+                state != 'orphan', '',
+                side = 'WORKER', 'not-extracted',
+                parent_id != '', 'parent-missing',
+                has_producer, if(carried != '', carried, 'undetermined'),
+                -- No producer span: a parent task id proves it was published from inside a
+                -- task, unless what it carried says more.
+                parent_task_id != '', if(carried IN ('', 'not-injected'),
+                                         'republished-without-context', carried),
+                carried != '', carried,
+                'undetermined') AS cause,
+            multiIf(
+                cause != 'undetermined', [cause],
+                has_producer, ['not-extracted', 'not-injected'],
+                ['not-injected', 'republished-without-context']) AS candidates,
+            multiIf(
+                cause != 'undetermined', '',
+                has_producer, 'celery.trace_context',
+                'celery.parent_task_id') AS decided_by,
+            -- An anonymous producer is consumed when an orphan was matched to it: those come
+            -- after it, before the next one of the task.
+            max(producer_by_task) OVER (PARTITION BY task, anonymous_so_far)
+                AS anonymous_matched,
+            -- Published and never consumed. A publish that failed sent nothing.
+            state = 'producer' AND NOT failed
+                AND NOT (message_id != '' AND consumers_of_message > 0)
+                AND NOT producer_reached
+                AND NOT (anonymous AND anonymous_matched) AS unconsumed,
+            if(state = 'eager_root',
+               if(c.caller.1 != '', 'not-continued', 'by-design'), '') AS verdict
+        FROM matched AS m
+        LEFT JOIN callers AS c ON m.span_id = c.run_id
+    )
+
+SELECT
+    (SELECT (toInt64(uniqExact(span_id)), toInt64(uniqExact(trace_id)), max(end_ns))
+     FROM spans) AS totals,  -- spans, traces, the newest span's end
+    countIf(side != 'WORKER') AS celery_spans,
+    countIf(side = 'CONSUMER') AS consumer_spans,
+    countIf(state IN ('connected', 'linked')) AS connected,
+    countIf(state = 'linked') AS linked,
+    map('not-extracted', countIf(cause = 'not-extracted'),
+        'republished-without-context', countIf(cause = 'republished-without-context'),
+        'not-injected', countIf(cause = 'not-injected'),
+        'malformed-context', countIf(cause = 'malformed-context'),
+        'parent-missing', countIf(cause = 'parent-missing'),
+        'undetermined', countIf(cause = 'undetermined')) AS causes,
+    countIf(state = 'eager_root') AS eager_root_count,
+    countIf(unconsumed) AS never_consumed_count,
+    maxIf(start_ns, unconsumed) AS last_unconsumed_ns,
+    groupUniqArrayIf(task, side = 'CONSUMER' AND NOT is_eager) AS consumed_tasks,
+    -- The lists: the first {limit} by (start_ns, span_id).
+    groupArraySortedIf({limit:UInt32})(
+        (start_ns, span_id, trace_id, name, service, task, message_id, cause, candidates,
+         decided_by, parent_id, parent_task_id, producer,
+         multiIf(producer_by_id, 'message id', producer_by_task, 'task and time', '')),
+        state = 'orphan') AS orphans,
+    groupArraySortedIf({limit:UInt32})(
+        (start_ns, span_id, trace_id, name, service, task, verdict, caller),
+        state = 'eager_root') AS eager_roots,
+    groupArraySortedIf({limit:UInt32})(
+        (start_ns, span_id, trace_id, task, message_id),
+        unconsumed) AS never_consumed
+FROM judged
