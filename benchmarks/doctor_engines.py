@@ -39,9 +39,9 @@ ORDERS = """
 SELECT
     fromUnixTimestamp64Nano(toInt64({start_ns} + n * 1000000 + k * 100000)) AS Timestamp,
     lower(hex(sipHash128(n, if(k >= 2 AND n % {orphan_every} = 7, 1, 0)))) AS TraceId,
-    lower(hex(sipHash64(n, k))) AS SpanId,
+    leftPad(lower(hex(sipHash64(n, k))), 16, '0') AS SpanId,
     multiIf(k = 0, '', k = 2 AND n % {orphan_every} = 7, '',
-            lower(hex(sipHash64(n, toUInt8(k - 1))))) AS ParentSpanId,
+            leftPad(lower(hex(sipHash64(n, toUInt8(k - 1)))), 16, '0')) AS ParentSpanId,
     ['POST /orders', 'celery.apply tasks.process_order', 'celery.run tasks.process_order',
      'charge_payment'][k + 1] AS SpanName,
     ['Server', 'Producer', 'Consumer', 'Internal'][k + 1] AS SpanKind,
