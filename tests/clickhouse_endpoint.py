@@ -26,7 +26,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import doctor_corpus  # noqa: E402
 
-from tracetools import otlp_json  # noqa: E402
+from tracetools import clickhouse, otlp_json  # noqa: E402
 
 TABLES = {"map": HERE / "clickhouse_tables" / "otel_traces.sql",
           "json": HERE / "clickhouse_tables" / "otel_traces_json.sql"}
@@ -58,7 +58,9 @@ class Store:
         in a Map, or typed in a JSON column."""
         rows = [self._row(span, old_kinds) for span in spans]
         if rows:
-            self.query("INSERT INTO otel.otel_traces FORMAT JSONEachRow\n"
+            # RFC 3339 times, with their zone: no time zone of the engine's gets in the way.
+            self.query("INSERT INTO otel.otel_traces "
+                       "SETTINGS date_time_input_format = 'best_effort' FORMAT JSONEachRow\n"
                        + "\n".join(json.dumps(row) for row in rows))
 
     def _row(self, span, old_kinds):
@@ -69,9 +71,8 @@ class Store:
         if self.schema == "map":
             # What the exporter's pcommon AsString() writes: true, 3, 1.5, JSON for the rest.
             attributes = {key: _as_string(value) for key, value in attributes.items()}
-        seconds, nanos = divmod(span["start_ns"], 10**9)
         return {
-            "Timestamp": f"{seconds}.{nanos:09d}",
+            "Timestamp": clickhouse.timestamp(span["start_ns"]).replace(" ", "T") + "Z",
             "TraceId": span["trace_id"], "SpanId": span["span_id"],
             "ParentSpanId": span["parent_id"] or "",
             "SpanName": span["name"], "SpanKind": kind, "ServiceName": span["service"] or "",

@@ -61,8 +61,8 @@ def diagnose(execute, database, table, since_ns, until_ns, worker_services, limi
     DATABASE.TABLE: a ClickHouse server over HTTP, or chDB in this process."""
     rows = execute(DIAGNOSIS, {
         "database": database, "table": table,
-        "since": _timestamp(EARLIEST_NS if since_ns is None else since_ns),
-        "until": _timestamp(LATEST_NS if until_ns is None else until_ns),
+        "since": timestamp(EARLIEST_NS if since_ns is None else since_ns),
+        "until": timestamp(LATEST_NS if until_ns is None else until_ns),
         "worker_services": _array(worker_services),
         "limit": str(int(limit)),
     })
@@ -143,8 +143,9 @@ def _eager_root(start_ns, span_id, trace_id, name, service, task, verdict, calle
                        "name": caller_name} if caller_span_id else None}
 
 
-def _timestamp(ns):
-    # As DateTime64(9, 'UTC') reads text: no time zone of the server's gets in the way.
+def timestamp(ns):
+    """NS (nanoseconds since the epoch) as DateTime64(9, 'UTC') reads text, in UTC: no
+    time zone of the server's gets in the way."""
     seconds, fraction = divmod(ns, 10**9)
     when = datetime.fromtimestamp(seconds, timezone.utc)
     return f"{when:%Y-%m-%d %H:%M:%S}.{fraction:09d}"

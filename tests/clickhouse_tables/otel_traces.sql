@@ -1,7 +1,7 @@
 -- The OpenTelemetry Collector ClickHouse exporter's traces table, default schema (Map
 -- attribute columns), as its template creates it (collector-contrib,
 -- exporter/clickhouseexporter/internal/sqltemplates/traces_table.sql) with the database,
--- table, engine and TTL filled in and no full-text indexes.
+-- table and engine filled in: no TTL (the exporter's default) and no full-text indexes.
 CREATE TABLE IF NOT EXISTS otel.otel_traces (
     Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
     TraceId String CODEC(ZSTD(1)),
@@ -42,5 +42,4 @@ CREATE TABLE IF NOT EXISTS otel.otel_traces (
 PARTITION BY toDate(Timestamp)
 PRIMARY KEY (ServiceName, SpanName, toDateTime(Timestamp))
 ORDER BY (ServiceName, SpanName, toDateTime(Timestamp), Timestamp)
-TTL toDateTime(Timestamp) + toIntervalDay(180)
 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1

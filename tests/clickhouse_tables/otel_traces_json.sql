@@ -32,5 +32,4 @@ CREATE TABLE IF NOT EXISTS otel.otel_traces_json (
 ) ENGINE = MergeTree
 PARTITION BY toDate(Timestamp)
 ORDER BY (ServiceName, SpanName, toDateTime(Timestamp), Timestamp)
-TTL toDateTime(Timestamp) + toIntervalDay(180)
 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1
