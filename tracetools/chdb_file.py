@@ -34,6 +34,11 @@ CREATE TABLE otel.otel_traces (
     `Links.SpanId` Array(String)
 ) ENGINE = MergeTree ORDER BY tuple()
 """
+# Read the file in small pieces and keep no more of it in memory than they: pread, not mmap
+# (a mapped file's pages count in the process's RSS), and a JSON object (a batch of hundreds
+# of spans) is a row, so 64 of them to a block.
+STREAMING = ("storage_file_read_method = 'pread', max_block_size = 64, "
+             "min_chunk_bytes_for_parallel_parsing = 1048576")
 COLUMNS = ("Timestamp, TraceId, SpanId, ParentSpanId, SpanName, SpanKind, ServiceName, "
            "SpanAttributes, Duration, StatusCode, `Links.SpanId`")
 
@@ -78,7 +83,8 @@ def diagnose_file(path, since_ns=None, until_ns=None, worker_services=(), limit=
             store.query("CREATE DATABASE otel")
             store.query(TABLE)
             store.query(
-                f"INSERT INTO otel.otel_traces SELECT {COLUMNS} FROM ({FILE_TO_TABLE})",
+                f"INSERT INTO otel.otel_traces SELECT {COLUMNS} FROM ({FILE_TO_TABLE}) "
+                f"SETTINGS {STREAMING}",
                 params={"path": str(path.resolve()), "compression": compression(path)})
             return clickhouse.diagnose(execute, "otel", "otel_traces", since_ns, until_ns,
                                        worker_services, limit, warn)

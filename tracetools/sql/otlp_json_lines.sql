@@ -10,67 +10,62 @@
 -- exporter's Map holds them (true -> 'true', 3 -> '3').
 --
 -- JSONAsString hands over each top-level JSON object whole, whatever its line breaks, and
--- each JSONExtract call below parses no more than one span's text.
+-- JSONExtract parses each batch once, into the typed tuples below: a field it cannot find is
+-- empty, a number or an object asked for as String comes as its JSON text.
 SELECT
-    fromUnixTimestamp64Nano(toInt64OrZero(JSONExtractString(span, 'startTimeUnixNano'))) AS Timestamp,
-    lower(if(match(trace_id_written, '^[0-9a-fA-F]{32}$'), trace_id_written,
-             hex(tryBase64Decode(trace_id_written)))) AS TraceId,
-    lower(if(match(span_id_written, '^[0-9a-fA-F]{16}$'), span_id_written,
-             hex(tryBase64Decode(span_id_written)))) AS SpanId,
-    lower(if(match(parent_written, '^[0-9a-fA-F]{16}$'), parent_written,
-             hex(tryBase64Decode(parent_written)))) AS parent_hex,
+    fromUnixTimestamp64Nano(toInt64OrZero(span.startTimeUnixNano)) AS Timestamp,
+    -- Hex, whatever was written: 32 (16) hex digits, or 16 (8) bytes in base64.
+    lower(if(match(span.traceId, '^[0-9a-fA-F]{32}$'), span.traceId,
+             hex(tryBase64Decode(span.traceId)))) AS TraceId,
+    lower(if(match(span.spanId, '^[0-9a-fA-F]{16}$'), span.spanId,
+             hex(tryBase64Decode(span.spanId)))) AS SpanId,
+    lower(if(match(span.parentSpanId, '^[0-9a-fA-F]{16}$'), span.parentSpanId,
+             hex(tryBase64Decode(span.parentSpanId)))) AS parent_hex,
     if(replaceAll(parent_hex, '0', '') = '', '', parent_hex) AS ParentSpanId,
-    JSONExtractString(span, 'name') AS SpanName,
+    span.name AS SpanName,
     -- The exporter's spelling of the kind and the status, from a number or an old string.
-    multiIf(kind_written IN ('4', 'SPAN_KIND_PRODUCER'), 'Producer',
-            kind_written IN ('5', 'SPAN_KIND_CONSUMER'), 'Consumer',
-            kind_written IN ('3', 'SPAN_KIND_CLIENT'), 'Client',
-            kind_written IN ('2', 'SPAN_KIND_SERVER'), 'Server',
-            kind_written IN ('1', 'SPAN_KIND_INTERNAL'), 'Internal',
+    multiIf(span.kind IN ('4', 'SPAN_KIND_PRODUCER', '"SPAN_KIND_PRODUCER"'), 'Producer',
+            span.kind IN ('5', 'SPAN_KIND_CONSUMER', '"SPAN_KIND_CONSUMER"'), 'Consumer',
+            span.kind IN ('3', 'SPAN_KIND_CLIENT'), 'Client',
+            span.kind IN ('2', 'SPAN_KIND_SERVER'), 'Server',
+            span.kind IN ('1', 'SPAN_KIND_INTERNAL'), 'Internal',
             'Unspecified') AS SpanKind,
-    service AS ServiceName,
-    mapFromArrays(
-        arrayMap(kv -> JSONExtractString(kv, 'key'), attributes),
-        -- The value object's one field: a string as it is, true or 3 as their JSON text.
-        arrayMap(kv -> if(JSONType(JSONExtractRaw(kv, 'value'), 1) = 'String',
-                          JSONExtractString(JSONExtractRaw(kv, 'value'), 1),
-                          JSONExtractRaw(JSONExtractRaw(kv, 'value'), 1)),
-                 attributes)) AS SpanAttributes,
-    toUInt64(greatest(toInt64OrZero(JSONExtractString(span, 'endTimeUnixNano'))
-                      - toInt64OrZero(JSONExtractString(span, 'startTimeUnixNano')), 0)) AS Duration,
-    multiIf(status_written IN ('2', 'STATUS_CODE_ERROR'), 'Error',
-            status_written IN ('1', 'STATUS_CODE_OK'), 'Ok',
+    arrayFirst(kv -> kv.key = 'service.name', resource.attributes).value.stringValue AS ServiceName,
+    -- Each value object has one field: stringValue, boolValue, intValue...: its text.
+    mapFromArrays(arrayMap(kv -> kv.key, attributes),
+                  arrayMap(kv -> mapValues(kv.value)[1], attributes)) AS SpanAttributes,
+    toUInt64(greatest(toInt64OrZero(span.endTimeUnixNano)
+                      - toInt64OrZero(span.startTimeUnixNano), 0)) AS Duration,
+    multiIf(span.status.code IN ('2', 'STATUS_CODE_ERROR'), 'Error',
+            span.status.code IN ('1', 'STATUS_CODE_OK'), 'Ok',
             'Unset') AS StatusCode,
-    arrayMap(link -> lower(if(match(link, '^[0-9a-fA-F]{16}$'), link, hex(tryBase64Decode(link)))),
-             arrayMap(link -> JSONExtractString(link, 'spanId'),
-                      JSONExtractArrayRaw(span, 'links'))) AS `Links.SpanId`
+    arrayMap(link -> lower(if(match(link.spanId, '^[0-9a-fA-F]{16}$'), link.spanId,
+                              hex(tryBase64Decode(link.spanId)))),
+             span.links) AS `Links.SpanId`
 FROM (
     SELECT
-        service,
-        span,
-        JSONExtractString(span, 'traceId') AS trace_id_written,
-        JSONExtractString(span, 'spanId') AS span_id_written,
-        JSONExtractString(span, 'parentSpanId') AS parent_written,
-        trim(BOTH '"' FROM JSONExtractRaw(span, 'kind')) AS kind_written,
-        trim(BOTH '"' FROM JSONExtractRaw(span, 'status', 'code')) AS status_written,
-        arrayFilter(kv -> JSONExtractString(kv, 'key') IN (
+        resource,
+        arrayJoin(arrayFlatten(arrayMap(scope -> scope.spans, scope_spans))) AS span,
+        -- Only the attributes the doctor reads.
+        arrayFilter(kv -> kv.key IN (
                         'messaging.system', 'messaging.operation', 'messaging.operation.type',
                         'messaging.message.id', 'messaging.message_id', 'celery.task.name',
                         'celery.task_name', 'celery.action', 'celery.parent_task_id',
                         'celery.trace_context', 'celery.is_eager', 'celery.delivery_info'),
-                    JSONExtractArrayRaw(span, 'attributes')) AS attributes
+                    span.attributes) AS attributes
     FROM (
         SELECT
-            -- service.name, from the batch's resource
-            arrayFirst(kv -> JSONExtractString(kv, 'key') = 'service.name',
-                       JSONExtractArrayRaw(resource_spans, 'resource', 'attributes')) AS service_attribute,
-            JSONExtractString(service_attribute, 'value', 'stringValue') AS service,
-            arrayJoin(arrayFlatten(arrayMap(scope -> JSONExtractArrayRaw(scope, 'spans'),
-                                            JSONExtractArrayRaw(resource_spans, 'scopeSpans')))) AS span
-        FROM (
-            SELECT arrayJoin(JSONExtractArrayRaw(batch, 'resourceSpans')) AS resource_spans
-            FROM file({path:String}, 'JSONAsString', 'batch String', {compression:String})
-        )
+            resource_spans.resource AS resource,
+            resource_spans.scopeSpans AS scope_spans
+        FROM file({path:String}, 'JSONAsString', 'batch String', {compression:String})
+        ARRAY JOIN JSONExtract(batch, 'resourceSpans', 'Array(Tuple(
+            resource Tuple(attributes Array(Tuple(key String, value Tuple(stringValue String)))),
+            scopeSpans Array(Tuple(spans Array(Tuple(
+                traceId String, spanId String, parentSpanId String, name String, kind String,
+                startTimeUnixNano String, endTimeUnixNano String,
+                attributes Array(Tuple(key String, value Map(String, String))),
+                links Array(Tuple(spanId String)),
+                status Tuple(code String)))))))') AS resource_spans
     )
 )
 -- A span whose ids cannot be read is left out, as the Python reader leaves it out.
