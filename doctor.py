@@ -1,24 +1,40 @@
 """Name the cause of every orphaned Celery span in your traces, and the fix.
 
     python doctor.py SOURCE [SOURCE...] [--json] [--worker-service NAME ...]
+    python doctor.py SOURCE --since 15m [--max-orphan-ratio 0.001]    # from cron or CI
 
 SOURCE is the trace sink's SQLite file, an OTLP JSON file (the Collector's file exporter
 writes JSON lines; gzip and zstd too, read with chDB), or the URL of a backend's query API:
-Jaeger 2's /api/v3/traces (with --service and --lookback), Grafana Tempo's
-/api/traces/<trace id> or /api/search, or ClickHouse's HTTP interface,
-clickhouse://HOST:8123/DATABASE?table=otel_traces (clickhouses:// for HTTPS), where the join
-runs as SQL (tracetools/clickhouse.py).
-Exit status: 0 nothing orphaned or unconsumed, 1 something is, 2 a source cannot be read.
+Jaeger 2's /api/v3/traces (with --service) or Grafana Tempo's /api/traces/<trace id> or
+/api/search; or ClickHouse's HTTP interface, clickhouse://HOST:8123/DATABASE?table=otel_traces
+(clickhouses:// for HTTPS), where the join runs as SQL (tracetools/clickhouse.py).
+--since and --until keep the spans that started in that window; the window ends --settle
+before now unless --until says otherwise, since spans arrive late. Jaeger, Tempo and
+ClickHouse are searched over --lookback when no --since is given.
+Exit status: 0 nothing orphaned or unconsumed (or no more than --max-orphan-ratio of the
+consumer spans), 1 something is, 2 bad input or a source that cannot be read.
 The work is done in tracetools/doctor.py, which your tests can call too.
 """
 
 import argparse
 import itertools
 import json
+import re
 import sys
+import time
+import urllib.parse
+from datetime import datetime, timezone
 
 from tracetools import engines, sources
-from tracetools.doctor import examine, report
+from tracetools.doctor import NOT_CONTINUED, examine, failed, report
+
+DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DEFAULT_SETTLE = "60s"
+
+
+class BadInput(ValueError):
+    """An option the doctor cannot use; its message is the one line the user sees."""
 
 
 def main(argv=None):
@@ -38,10 +54,27 @@ def main(argv=None):
         help="Jaeger: a service to query; give every service that publishes or runs tasks, "
              "or a producer whose consumer was orphaned is not found",
     )
+    parser.add_argument("--since", metavar="WHEN",
+                        help="only spans that started then or later: a duration ago (90s, 15m, "
+                             "2h, 1d) or an RFC 3339 time (2026-12-03T16:00:00Z)")
+    parser.add_argument("--until", metavar="WHEN",
+                        help="only spans that started before then, as --since (default: now "
+                             "less --settle, when --since is given)")
+    parser.add_argument("--settle", default=DEFAULT_SETTLE, metavar="DURATION",
+                        help="how long spans take to arrive: the window ends that long before "
+                             "now (%(default)s)")
+    parser.add_argument("--max-orphan-ratio", metavar="R",
+                        help="exit 1 only when orphans, eager runs that did not continue their "
+                             "caller and unconsumed messages are more than R of the consumer "
+                             "spans (default 0: any). With it or --since, a one-line summary "
+                             "comes first (on stderr with --json)")
     parser.add_argument("--lookback", default=sources.DEFAULT_LOOKBACK,
-                        help="Jaeger and Tempo searches: how far back, e.g. 15m, 2h (%(default)s)")
+                        help="Jaeger and Tempo, without --since: how far back, e.g. 15m, 2h "
+                             "(%(default)s)")
     parser.add_argument("--limit", type=int, default=sources.DEFAULT_LIMIT,
-                        help="Jaeger and Tempo searches: at most this many traces (%(default)s)")
+                        help="Jaeger and Tempo searches: at most this many traces; ClickHouse "
+                             "and chDB: at most this many orphans, eager roots and unconsumed "
+                             "messages listed, all counted (%(default)s)")
     parser.add_argument("--timeout", type=float, default=sources.DEFAULT_TIMEOUT,
                         help="seconds to wait for each answer of a backend (%(default)s)")
     parser.add_argument("--engine", choices=engines.ENGINES, default="auto",
@@ -53,26 +86,137 @@ def main(argv=None):
     def warn(message):
         print(f"doctor: {message}", file=sys.stderr)
 
+    now = time.time()
     try:
+        since, until = window(args.since, args.until, args.settle, now)
+        max_ratio = ratio(args.max_orphan_ratio)
         if engines.in_store(args.sources, args.engine):
-            findings = engines.findings(args.sources[0], None, None, args.worker_service,
+            source = args.sources[0]  # a ClickHouse table, or a file for chDB: the join in SQL
+            start = since if since is not None or not _is_url(source) \
+                else now - seconds(args.lookback, "--lookback")
+            findings = engines.findings(source, _ns(start), _ns(until), args.worker_service,
                                         args.limit, args.timeout, warn)
         else:
             spans = itertools.chain.from_iterable(
-                sources.load(source, args.service, args.lookback, args.limit, args.timeout,
-                             warn)
+                _load(source, services=args.service,
+                      since=since if since is not None or not _is_url(source)
+                      else now - seconds(args.lookback, "--lookback"),
+                      until=until, limit=args.limit, timeout=args.timeout, warn=warn)
                 for source in args.sources
             )
             findings = examine(spans, args.worker_service)
-    except sources.SourceError as error:
+    except (BadInput, sources.SourceError) as error:
         warn(str(error))
         return 2
     diagnosis = findings.diagnosis
     if not diagnosis["spans"]:
-        warn(f"no spans in {', '.join(args.sources)}: nothing to diagnose")
+        within = f" from {_rfc3339(since)} to {_rfc3339(until)}" if since is not None else ""
+        warn(f"no spans in {', '.join(args.sources)}{within}: nothing to diagnose")
         return 2
+    verdict = 1 if _ratio(diagnosis) > (max_ratio or 0) else 0
+    if args.since is not None or max_ratio is not None:
+        # First, and on one line: what a cron job's mail or a CI step's log shows.
+        line = summary(diagnosis, max_ratio or 0, since, until)
+        print(line, file=sys.stderr if args.json else sys.stdout)
     print(json.dumps(diagnosis) if args.json else report(findings))
-    return 1 if diagnosis["orphans"] or diagnosis["never_consumed"] else 0
+    return verdict
+
+
+def window(since, until, settle, now):
+    """(since, until) in unix seconds from the options, or (None, None) for all spans."""
+    since = None if since is None else when(since, "--since", now)
+    until = None if until is None else when(until, "--until", now)
+    settle = seconds(settle, "--settle")
+    if since is not None and until is None:
+        until = now - settle  # spans arrive late: the newest are not all in yet
+    if since is not None and until is not None and since >= until:
+        raise BadInput(f"--since {_rfc3339(since)} is not before --until {_rfc3339(until)}: "
+                       "the window holds nothing")
+    return since, until
+
+
+def when(text, option, now):
+    """A point in time in unix seconds: a DURATION ago, or an RFC 3339 time."""
+    if DURATION.fullmatch(text.strip()):
+        return now - seconds(text, option)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise BadInput(f"bad {option} {text!r}: say a duration ago (90s, 15m, 2h, 1d) or an "
+                       "RFC 3339 time with its offset (2026-12-03T16:00:00Z)")
+    return moment.timestamp()
+
+
+def seconds(text, option):
+    match = DURATION.fullmatch(str(text).strip())
+    if not match:
+        raise BadInput(f"bad {option} {text!r}: say e.g. 90s, 15m, 2h or 1d")
+    return float(match[1]) * SECONDS[match[2]]
+
+
+def ratio(text):
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if not value >= 0:  # NaN too
+        raise BadInput(f"bad --max-orphan-ratio {text!r}: say a share of the consumer spans, "
+                       "e.g. 0.001 for one in a thousand")
+    return value
+
+
+def _ratio(diagnosis):
+    return failed(diagnosis) / max(diagnosis["consumer_spans"], 1)
+
+
+def summary(diagnosis, max_ratio, since, until):
+    """One line: what failed, against how many consumer spans, and whether that is OK."""
+    parts = [f"{len(diagnosis['orphans']):,} of {diagnosis['consumer_spans']:,} Celery "
+             "consumer spans orphaned"]
+    not_continued = sum(r["verdict"] == NOT_CONTINUED for r in diagnosis["eager_roots"])
+    if not_continued:
+        parts.append(f"{not_continued:,} eager run{'s' * (not_continued > 1)} not continued")
+    if diagnosis["never_consumed"]:
+        never = len(diagnosis["never_consumed"])
+        parts.append(f"{never:,} message{'s' * (never > 1)} never consumed")
+    share = _ratio(diagnosis)
+    verdict = "FAIL" if share > max_ratio else "OK"
+    within = f"; spans from {_rfc3339(since)} to {_rfc3339(until)}" if since is not None else ""
+    return (f"doctor: {', '.join(parts)}: {_percent(share)} failed, max "
+            f"{_percent(max_ratio)}: {verdict}{within}")
+
+
+def _percent(share):
+    return f"{share * 100:.3g}%"
+
+
+def _rfc3339(unix_seconds):
+    moment = datetime.fromtimestamp(unix_seconds, timezone.utc)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _is_url(source):
+    return urllib.parse.urlsplit(str(source)).scheme in ("http", "https", *engines.SERVERS)
+
+
+def _ns(unix_seconds):
+    return None if unix_seconds is None else round(unix_seconds * 1e9)
+
+
+def _load(source, *, services, since, until, limit, timeout, warn):
+    """sources.load(), keeping the spans that started in [SINCE, UNTIL) (unix seconds; None:
+    no bound). Until sources.load() takes since= and until= itself, this filters here."""
+    lookback = sources.DEFAULT_LOOKBACK if since is None else f"{max(time.time() - since, 0):.3f}s"
+    spans = sources.load(source, services, lookback, limit, timeout, warn)
+    if since is None and until is None:
+        return spans
+    low = -1 if since is None else since * 1e9
+    high = float("inf") if until is None else until * 1e9
+    return (span for span in spans if low <= span["start_ns"] < high)
 
 
 if __name__ == "__main__":

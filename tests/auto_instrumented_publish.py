@@ -1,7 +1,8 @@
 """Publish N auto.work tasks with opentelemetry-instrumentation-celery, from inside a span.
 
-Run from the repository root as `python -m tests.auto_instrumented_publish N`, with the
-worker's environment: a producer process like the web app.
+Run from the repository root as `python -m tests.auto_instrumented_publish N [eager]`, with
+the worker's environment: a producer process like the web app. With `eager`, it also runs
+auto.work eagerly (apply()) twice: once inside that span ("eager inside"), once after it.
 """
 
 import sys
@@ -15,7 +16,12 @@ from tracing import flush_tracing, setup_tracing
 if __name__ == "__main__":
     setup_tracing("auto-producer")
     CeleryInstrumentor().instrument()
+    eager = sys.argv[2:] == ["eager"]
     with trace.get_tracer(__name__).start_as_current_span("publish"):
         for number in range(int(sys.argv[1])):
             work.delay(str(number))
+        if eager:
+            work.apply(("eager inside",))
+    if eager:
+        work.apply(("eager after",))
     flush_tracing()

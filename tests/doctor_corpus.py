@@ -429,7 +429,8 @@ def _task(span):
     return TASKS_FROM_NAMES.get(span.name)
 
 
-# The task names the rules must read from span names (see DOCTOR_RULES.md, "Task name").
+# The task names the rules must read from span names: "<task> <operation>" and
+# "<operation> <task>" of the messaging conventions (tracetools.doctor.task_from_name).
 TASKS_FROM_NAMES = {
     "shop.notify process": "shop.notify",
     "publish shop.survey": "shop.survey",

@@ -8,7 +8,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from traces import complete, count
+from traces import complete, count, one
 
 from harness.deployment import RUN_ATTRIBUTE, app_env
 from harness.polling import poll_until
@@ -103,3 +103,30 @@ def test_a_recycled_child_that_never_flushed_leaves_its_messages_never_consumed(
     assert len(published) == TASKS
     assert {entry["message_id"] for entry in diagnosis["never_consumed"]} == published
     assert {entry["task"] for entry in diagnosis["never_consumed"]} == {"auto.work"}
+
+
+def test_eager_runs_are_judged_apart_from_published_messages(sink, tmp_path):
+    # apply() publishes nothing, so no worker is needed: the producer process runs them.
+    run_id = uuid.uuid4().hex
+    env = app_env("fixed", sink.endpoint, tmp_path, "filesystem", run_id)
+    subprocess.run(
+        [sys.executable, "-m", "tests.auto_instrumented_publish", "0", "eager"],
+        cwd=ROOT, env={**os.environ, **env}, check=True, timeout=60, capture_output=True,
+    )
+    spans = load_spans(sink.db_path, **{RUN_ATTRIBUTE: run_id})  # flushed before it exited
+    runs = {s["span_id"]: s for s in spans if s["name"] == RUN}
+    assert len(runs) == 2
+    assert all("'is_eager': True" in s["attributes"]["celery.delivery_info"]
+               for s in runs.values())
+    publish = one(spans, "publish")
+    inside = runs[one(spans, "work eager inside")["parent_id"]]
+    after = runs[one(spans, "work eager after")["parent_id"]]
+    diagnosis = diagnose(spans)
+    assert diagnosis["orphans"] == diagnosis["never_consumed"] == []
+    # Under the caller's span, the instrumentation continues it: connected. After it, a root
+    # with nothing to continue: by design, not an orphan, and never joined to a message.
+    assert inside["parent_id"] == publish["span_id"]
+    assert (diagnosis["consumer_spans"], diagnosis["connected"]) == (2, 1)
+    assert [(r["span_id"], r["verdict"], r["caller"]) for r in diagnosis["eager_roots"]] == [
+        (after["span_id"], "by-design", None)]
+    assert_no_orphans(spans)

@@ -52,7 +52,8 @@ def tracer(service, exporter, ids=None):
 @pytest.fixture(scope="module")
 def export():
     """An export request of real SDK spans: a web request publishes message m1 (in one
-    trace), a worker runs it as a root of its own (another trace): not-extracted."""
+    trace), a worker runs it as a root of its own (another trace), though the message carried
+    a usable context: not-extracted."""
     exporter = InMemorySpanExporter()
     web, worker = tracer("web", exporter), tracer("worker", exporter, ShortTraceIds())
     with web.start_as_current_span("POST /orders", kind=SpanKind.SERVER):
@@ -62,6 +63,7 @@ def export():
     with worker.start_as_current_span(
         "celery.run tasks.add", kind=SpanKind.CONSUMER,
         attributes={**MESSAGE, "celery.attempt": 1, "celery.queue_time_ms": 1.5,
+                    "celery.trace_context": "valid",
                     "flags": [True, False]},
     ) as run:
         run.set_status(Status(StatusCode.ERROR, "failed on purpose"))
@@ -157,7 +159,7 @@ def test_the_command_diagnoses_a_collector_file(sink_files, capsys):
     diagnosis = json.loads(out)
     assert [o["cause"] for o in diagnosis["orphans"]] == ["not-extracted"]
     assert set(diagnosis) == {"spans", "traces", "consumer_spans", "connected", "orphans",
-                              "never_consumed", "causes"}
+                              "eager_roots", "never_consumed", "causes"}
 
 
 def write(tmp_path, content):

@@ -92,11 +92,14 @@ def connected(queued=40):
 
 
 def orphaned():
-    """The broken variant's shape: the worker's consumer span is a root of its own."""
+    """The broken variant's shape: the worker's consumer span is a root of its own, and says
+    that its message carried no trace context."""
+    run = made("celery.run tasks.process_order", "c1", "c", start=60, end=100,
+               service="orders-worker", kind="CONSUMER")
+    run["attributes"] = {"celery.trace_context": "absent"}
     return [
         made("POST /orders", "b1", "b", start=0, end=40),
-        made("celery.run tasks.process_order", "c1", "c", start=60, end=100,
-             service="orders-worker", kind="CONSUMER"),
+        run,
         made("charge_payment", "c2", "c", "c1", 70, 80, service="orders-worker"),
     ]
 

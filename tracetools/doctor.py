@@ -4,8 +4,8 @@ A tracing backend shows an orphaned worker span as just another root. The doctor
 its producer across traces by message id (the task id, which every Celery instrumentation
 records on both sides) and names its cause, but only as far as the spans prove it:
 
-  not-extracted                the message carried a usable context (or a producer span that
-                               sent one is there): the worker did not continue it
+  not-extracted                the message carried a usable context and the worker did not
+                               continue it, or a worker service records no consumer span
   republished-without-context  published from inside another task (a chain step, callback,
                                errback or retry) without a context
   not-injected                 the message carried no context at all
@@ -16,8 +16,9 @@ records on both sides) and names its cause, but only as far as the spans prove i
 
 Eager runs (apply(), task_always_eager) publish nothing: one that is a root is reported apart,
 by design or as a run that did not continue its caller. The doctor also lists the messages
-that were published and never consumed. The rules are written down in DOCTOR_RULES.md, which
-the ClickHouse SQL follows too. Use it as `python doctor.py SOURCE...`, or from Python:
+that were published and never consumed. Other implementations of these rules (SQL in a trace
+store) must give the same judgement: tests/doctor_corpus.py holds each rule as a scenario.
+Use it as `python doctor.py SOURCE...`, or from Python:
 
     from tracetools.doctor import assert_no_orphans, diagnose, load
     assert_no_orphans(load("spans.db"))   # in a test suite
@@ -46,10 +47,9 @@ NEVER_CONSUMED = "never-consumed"
 NOT_CONTINUED = "not-continued"  # an eager run that is a root, with its caller's span open
 BY_DESIGN = "by-design"  # an eager run that is a root, and nothing open to continue
 MEANING = {
-    "not-extracted": "the message carried a usable trace context (or its producer span is in "
-                     "the data and the context was sent), but the worker did not continue it "
-                     "(or, for a worker service's root span, the worker records no consumer "
-                     "span at all)",
+    "not-extracted": "the message carried a usable trace context, but the worker did not "
+                     "continue it (or, for a worker service's root span, the worker records no "
+                     "consumer span at all)",
     "republished-without-context": "no producer span for the message, and it was published "
                                    "from inside another task (a chain step, callback, errback "
                                    "or retry, or a publish in the task's own code) without a "
@@ -139,44 +139,48 @@ class _Span(NamedTuple):
     parent_task_id: str
     trace_context: str  # one of TRACE_CONTEXTS, or None when the span does not say
     eager: bool
-    start_ns: int
-    end_ns: int
+    start_ns: int  # its end is in the _Timeline of its service: only eager roots need it
     links: tuple  # span ids
     failed: bool
 
 
 class _Timeline:
     """When every span of one service ran, in arrays, for finding an eager run's caller
-    among a million spans: 40 bytes a span, not a record."""
+    among a million spans: 32 bytes a span, not a record."""
 
     def __init__(self):
         self.starts, self.ends = array("q"), array("q")
-        self.span_ids = array("Q")  # the hex span id as a number: they order the same way
-        self.traces, self.names = array("l"), array("l")  # indexes into Examined's lists
+        self.span_ids = []  # the strings the doctor's set of ids holds already
+        self.traces, self.names = array("i"), array("i")  # indexes into examine()'s lists
         self.by_start = self.longest = None
 
     def add(self, start_ns, end_ns, span_id, trace, name):
         self.starts.append(start_ns)
         self.ends.append(end_ns)
-        self.span_ids.append(int(span_id, 16))
+        self.span_ids.append(span_id)
         self.traces.append(trace)
         self.names.append(name)
 
     def caller(self, run, trace):
         """The index of the span open around RUN in another trace than TRACE (its own and
         its descendants'), the one that started last (tie: the larger span id); or None."""
+        def order(i):
+            return self.starts[i], self.span_ids[i]
+
         if self.by_start is None:
-            self.by_start = sorted(range(len(self.starts)),
-                                   key=lambda i: (self.starts[i], self.span_ids[i]))
+            self.by_start = sorted(range(len(self.starts)), key=order)
             self.longest = max(e - s for s, e in zip(self.starts, self.ends))
+        # The run itself is in the timeline too; before it, every span that started earlier.
+        position = bisect.bisect_left(self.by_start, (run.start_ns, run.span_id), key=order)
+        end_ns = self.ends[self.by_start[position]]
         # Latest start first: the first that qualifies is the answer. A span that started
-        # before run.end_ns - longest cannot have lasted until the run ended.
+        # before end_ns - longest cannot have lasted until the run ended.
         last = bisect.bisect_right(self.by_start, run.start_ns, key=self.starts.__getitem__)
         for position in range(last - 1, -1, -1):
             i = self.by_start[position]
-            if self.starts[i] < run.end_ns - self.longest:
+            if self.starts[i] < end_ns - self.longest:
                 return None
-            if self.ends[i] >= run.end_ns and self.traces[i] != trace:
+            if self.ends[i] >= end_ns and self.traces[i] != trace:
                 return i
         return None
 
@@ -194,7 +198,7 @@ class Findings(NamedTuple):
 
 def diagnose(spans, worker_services=()):
     """The doctor's judgement of SPANS (an iterable of span dicts in the trace sink's shape),
-    as the object `doctor.py --json` prints (DOCTOR_RULES.md, "Output"):
+    as the object `doctor.py --json` prints, every list ordered by (start, span id):
 
     {"spans", "traces", "consumer_spans", "connected",
      "orphans": [{"trace_id", "span_id", "name", "service", "task", "message_id", "cause",
@@ -351,7 +355,7 @@ def _keep(span, trace_id, side, task):
         span["service"] and sys.intern(span["service"]), task and sys.intern(str(task)),
         message_id and str(message_id), parent_task_id and str(parent_task_id),
         sys.intern(trace_context) if trace_context in TRACE_CONTEXTS else None,
-        _is_eager(attributes), span["start_ns"], span["end_ns"],
+        _is_eager(attributes), span["start_ns"],
         tuple(link["span_id"] for link in span["links"]), span["status"] == "ERROR",
     )
 
@@ -369,7 +373,7 @@ def _eager_root(run, timeline, trace, trace_list, name_list):
              "verdict": BY_DESIGN if caller is None else NOT_CONTINUED, "caller": None}
     if caller is not None:
         entry["caller"] = {"trace_id": trace_list[timeline.traces[caller]],
-                           "span_id": f"{timeline.span_ids[caller]:016x}",
+                           "span_id": timeline.span_ids[caller],
                            "name": name_list[timeline.names[caller]]}
     return entry
 
@@ -424,7 +428,8 @@ CONTEXT_CAUSES = {"valid": "not-extracted", "absent": "not-injected",
 
 
 def _cause(span, producer):
-    """(cause, candidates, decided_by), as DOCTOR_RULES.md "Judging each CONSUMER span"."""
+    """(cause, candidates, decided_by) of an orphan: a cause alone when the spans prove it,
+    else "undetermined", the candidates, and the attribute that would decide."""
     if span.side == "WORKER":
         return _proven("not-extracted")
     if span.parent_id is not None:
@@ -475,6 +480,8 @@ def _detail(span, cause, producer, how, task_of_message):
     if span.parent_task_id:
         parent_task = task_of_message.get(span.parent_task_id)
         parent = f"{span.parent_task_id} ({parent_task})" if parent_task else span.parent_task_id
+        if span.trace_context is None:
+            carried = "nothing injected the context there"
         return (f"no producer span for {message}; it was published from inside task "
                 f"{parent}, and {carried}")
     if cause == UNDETERMINED:
@@ -544,19 +551,23 @@ def _summary(findings):
          "did not continue its caller"),
         (len(d["never_consumed"]), "message", "never consumed"),
     ) if n]
-    also = f"; {', '.join(also)}" if also else ""
     if d["orphans"]:
         return (f"{_count(len(d['orphans']), 'orphaned span')} {where} "
                 f"({d['connected']} of {d['consumer_spans']} Celery consumer spans connected)"
-                f"{also}. By cause, worst first:")
+                f"{''.join(f'; {part}' for part in also)}. By cause, worst first:")
     if not d["consumer_spans"]:
         return (f"No Celery consumer span {where}, so nothing is known to be connected"
-                f"{also}.")
+                f"{''.join(f'; {part}' for part in also)}.")
+    if also:
+        return (f"No orphaned Celery span {where} ({d['connected']} of "
+                f"{d['consumer_spans']} Celery consumer spans connected), but "
+                f"{' and '.join(also)}.")
     # Eager roots by design are neither connected nor orphaned: said on a line of their own.
-    connected = (f"{d['connected']} of {_count(d['consumer_spans'], 'consumer span')} "
-                 "connected" if d["connected"] < d["consumer_spans"]
-                 else f"{_count(d['consumer_spans'], 'consumer span')}, all connected")
-    return f"No orphaned Celery span {where}: {connected}{also}."
+    if d["connected"] < d["consumer_spans"]:
+        return (f"No orphaned Celery span {where}: {d['connected']} of "
+                f"{_count(d['consumer_spans'], 'consumer span')} connected.")
+    return (f"No orphaned Celery span {where}: {_count(d['consumer_spans'], 'consumer span')}, "
+            "all connected.")
 
 
 def _section(cause, entries, noun, sample):
@@ -573,10 +584,10 @@ def _section(cause, entries, noun, sample):
 
 # What would decide an undetermined orphan, and where it comes from.
 DECIDERS = {
-    "celery.trace_context": "what the message carried, which celery_signals records on the "
-                            "consumer span as celery.trace_context (valid, absent, malformed)",
-    "celery.parent_task_id": "whether a task published the message, which celery_signals "
-                             "records on the consumer span as celery.parent_task_id",
+    "celery.trace_context": "celery.trace_context on the consumer span (what the message "
+                            "carried: valid, absent or malformed)",
+    "celery.parent_task_id": "celery.parent_task_id on the consumer span (the task that "
+                             "published the message, if one did)",
 }
 
 
@@ -585,13 +596,13 @@ def _undetermined(candidates, orphans, sample):
         "",
         _wrap(f"{UNDETERMINED} ({' or '.join(candidates)}): {_count(len(orphans), 'span')} "
               f"({_tasks(orphans)})", "", "  "),
-        _wrap(f"The spans cannot tell these causes apart: {DECIDERS[orphans[0]['decided_by']]}"
-              " would decide.", "  "),
+        _wrap(f"The spans cannot tell these apart: {DECIDERS[orphans[0]['decided_by']]} "
+              "would decide, and celery_signals records it.", "  "),
         f"  sample: trace {orphans[0]['trace_id']}",
         _wrap(sample, "    "),
     ]
     for cause in candidates:
-        lines += [_wrap(f"if {cause}: {MEANING[cause]}. fix: {FIX[cause]}", "  ", "    "),
+        lines += [_wrap(f"if {cause}: {FIX[cause]}", "  ", "    "),
                   f"    read: {CHAPTER[cause]}"]
     return lines
 

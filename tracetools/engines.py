@@ -15,6 +15,7 @@ from tracetools import chdb_file, clickhouse
 from tracetools.sources import SQLITE_MAGIC, SourceError
 
 ENGINES = ("auto", "python", "chdb")
+SERVERS = tuple(clickhouse.SCHEMES)  # URL schemes of stores that run the SQL themselves
 BIG_FILE = 64 * 2**20  # past this, chDB's one pass beats a Python loop many times over
 
 
