@@ -13,6 +13,7 @@ serves until stopped, after printing the URL on a line of its own.
 
 import argparse
 import base64
+import gzip
 import json
 import subprocess
 import sys
@@ -171,6 +172,52 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass  # quiet: a test reads the doctor's output, not the server's log
+
+
+# -- for tests: the endpoint in a process of its own, and the corpus as files -------------
+
+DEADLINE = 120
+
+
+class Served:
+    """tests/clickhouse_endpoint.py serving OPTIONS in a process of its own (chDB holds one
+    engine per process: the doctor's file path needs its own)."""
+
+    def __init__(self, *options):
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, *options], cwd=HERE.parent, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )
+        self.url = self.process.stdout.readline().strip()
+        if not self.url.startswith("clickhouse://"):
+            self.process.kill()
+            _, error = self.process.communicate(timeout=DEADLINE)
+            raise RuntimeError(f"the endpoint did not start: {error[-2000:]}")
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait(timeout=DEADLINE)
+        self.process.stdout.close()
+        self.process.stderr.close()
+
+
+def write_corpus(path, compression, document=None):
+    """The corpus (or DOCUMENT) as OTLP JSON lines, a batch a line, compressed as
+    COMPRESSION says (none, gzip or zstd)."""
+    document = doctor_corpus.document() if document is None else document
+    lines = [json.dumps({"resourceSpans": [batch]}) for batch in document["resourceSpans"]]
+    plain = path if compression == "none" else path.with_suffix(".plain")
+    plain.write_text("\n".join(lines) + "\n")
+    if compression == "gzip":
+        path.write_bytes(gzip.compress(plain.read_bytes()))
+    elif compression == "zstd":
+        # The stdlib has no zstd: chDB writes it, in a process of its own.
+        subprocess.run([sys.executable, "-c", (
+            "import sys; from chdb import session; session.Session().query("
+            "f\"INSERT INTO FUNCTION file('{sys.argv[2]}', 'LineAsString', 'line String', "
+            "'zstd') SELECT line FROM file('{sys.argv[1]}', 'LineAsString', 'line String')\")"
+        ), str(plain), str(path)], check=True, timeout=DEADLINE)
+    return path
 
 
 def main(argv=None):

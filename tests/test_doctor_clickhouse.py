@@ -3,7 +3,6 @@
 big OTLP files read with chDB. Every way must give the corpus's --json diagnosis
 (tests/doctor_corpus.py), and bad input a one-line error and exit 2."""
 
-import gzip
 import json
 import os
 import socket
@@ -13,6 +12,7 @@ import time
 
 import doctor_corpus
 import pytest
+from clickhouse_endpoint import Served, write_corpus
 
 from harness.processes import ROOT
 from tracetools import clickhouse
@@ -21,30 +21,7 @@ from tracetools.sources import SourceError
 pytest.importorskip("chdb")
 
 DEADLINE = 120  # seconds for one doctor run on a busy machine: a hang, not a slow run
-ENDPOINT = ROOT / "tests" / "clickhouse_endpoint.py"
 ALL = ",".join(scenario.name for scenario in doctor_corpus.SCENARIOS)
-
-
-class Served:
-    """tests/clickhouse_endpoint.py serving OPTIONS in a process of its own (chDB holds one
-    engine per process: the doctor's file path needs its own)."""
-
-    def __init__(self, *options):
-        self.process = subprocess.Popen(
-            [sys.executable, str(ENDPOINT), *options], cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-        )
-        self.url = self.process.stdout.readline().strip()
-        if not self.url.startswith("clickhouse://"):
-            self.process.kill()
-            _, error = self.process.communicate(timeout=DEADLINE)
-            raise RuntimeError(f"the endpoint did not start: {error[-2000:]}")
-
-    def stop(self):
-        self.process.kill()
-        self.process.wait(timeout=DEADLINE)
-        self.process.stdout.close()
-        self.process.stderr.close()
 
 
 @pytest.fixture(scope="module")
@@ -85,24 +62,6 @@ def test_the_corpus_through_clickhouse_gives_the_corpus_diagnosis(served, schema
     assert diagnosis_of(result) == doctor_corpus.expected()
 
 
-def write_corpus(path, compression):
-    """The corpus as OTLP JSON lines, a batch a line, written by chDB when compressed."""
-    lines = [json.dumps({"resourceSpans": [batch]})
-             for batch in doctor_corpus.document()["resourceSpans"]]
-    plain = path.with_suffix(".jsonl")
-    plain.write_text("\n".join(lines) + "\n")
-    if compression == "gzip":
-        path.write_bytes(gzip.compress(plain.read_bytes()))
-    elif compression == "zstd":
-        # The stdlib has no zstd: chDB writes it, in a process of its own.
-        subprocess.run([sys.executable, "-c", (
-            "import sys; from chdb import session; session.Session().query("
-            "f\"INSERT INTO FUNCTION file('{sys.argv[2]}', 'LineAsString', 'line String', "
-            "'zstd') SELECT line FROM file('{sys.argv[1]}', 'LineAsString', 'line String')\")"
-        ), str(plain), str(path)], check=True, timeout=DEADLINE)
-    return path
-
-
 @pytest.mark.parametrize("name, compression, engine", [
     ("corpus.jsonl", "none", ["--engine", "chdb"]),
     ("corpus.jsonl.gz", "gzip", []),  # compressed: chDB, always
@@ -129,6 +88,23 @@ def test_a_time_window_keeps_the_spans_that_started_in_it(served):
     assert empty.diagnosis["spans"] == 0 and empty.newest_end_ns is None
 
 
+def rfc3339(ns):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns // 10**9))
+
+
+def test_the_window_of_the_command_line_goes_into_the_sql(served):
+    names = ["retries", "anonymous-producers", "never-consumed"]
+    since = doctor_corpus.slot_start_ns(names[0])
+    until = doctor_corpus.slot_start_ns(names[-1]) + doctor_corpus.SLOT_NS
+    url = served("--corpus", ALL)
+    result = doctor(url, "--json", "--since", rfc3339(since), "--until", rfc3339(until))
+    assert diagnosis_of(result) == doctor_corpus.expected(scenarios=names)
+    # Nothing in it: the window is said, and nothing is judged.
+    empty = doctor(url, "--since", "2026-01-01T00:00:00Z", "--until", "2026-01-02T00:00:00Z")
+    assert "from 2026-01-01T00:00:00Z to 2026-01-02T00:00:00Z: nothing to diagnose" in \
+        one_line_error(empty)
+
+
 def test_limit_cuts_the_lists_not_the_counts(served):
     warnings = []
     found = clickhouse.diagnose_url(served("--corpus", ALL), limit=2,
@@ -151,10 +127,12 @@ def test_the_report_for_people_from_clickhouse(served):
 
 def test_a_table_with_no_celery_span_is_judged_and_said_so(served, tmp_path):
     plain = tmp_path / "plain.jsonl"
+    start = (int(time.time()) - 60) * 10**9  # inside --lookback's hour
     plain.write_text(json.dumps({"resourceSpans": [{
         "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "web"}}]},
         "scopeSpans": [{"spans": [{"traceId": "1" * 32, "spanId": "2" * 16, "name": "GET /",
-                                   "kind": 2, "startTimeUnixNano": "1", "endTimeUnixNano": "2"}]}],
+                                   "kind": 2, "startTimeUnixNano": str(start),
+                                   "endTimeUnixNano": str(start + 1000)}]}],
     }]}) + "\n")
     result = doctor(served("--load", str(plain)))
     assert result.returncode == 0, result.stderr

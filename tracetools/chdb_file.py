@@ -7,6 +7,8 @@ that runs on a ClickHouse server, judges it. chDB is an extra (pip install
 "celery-trace-doctor[files]"): the tutorial's own install stays light.
 """
 
+import atexit
+import itertools
 import json
 import shutil
 import tempfile
@@ -67,29 +69,45 @@ def diagnose_file(path, since_ns=None, until_ns=None, worker_services=(), limit=
     if not available():
         raise SourceError(f"{path}: reading OTLP files with chDB needs it installed: "
                           'pip install "celery-trace-doctor[files]" (or chdb)')
-    from chdb import session
-
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"{path}: no such file")
-    scratch = tempfile.mkdtemp(prefix="doctor-chdb-")
-    store = session.Session(scratch)
-    try:
-        def execute(sql, params):
-            result = store.query(sql, "JSONEachRow", params=params)
-            return [json.loads(line) for line in result.bytes().splitlines() if line.strip()]
+    store = _store()
+    # A database of its own for each file: a process may read several, one after another.
+    database = f"file_{next(_files)}"
 
-        try:
-            store.query("CREATE DATABASE otel")
-            store.query(TABLE)
-            store.query(
-                f"INSERT INTO otel.otel_traces SELECT {COLUMNS} FROM ({FILE_TO_TABLE}) "
-                f"SETTINGS {STREAMING}",
-                params={"path": str(path.resolve()), "compression": compression(path)})
-            return clickhouse.diagnose(execute, "otel", "otel_traces", since_ns, until_ns,
-                                       worker_services, limit, warn)
-        except RuntimeError as error:  # chdb's ChdbError: ClickHouse's own message
-            raise SourceError(f"{path}: {clickhouse.one_line(str(error))}") from None
+    def execute(sql, params):
+        result = store.query(sql, "JSONEachRow", params=params)
+        return [json.loads(line) for line in result.bytes().splitlines() if line.strip()]
+
+    try:
+        store.query(f"CREATE DATABASE {database}")
+        store.query(TABLE.replace("otel.otel_traces", f"{database}.otel_traces"))
+        store.query(
+            f"INSERT INTO {database}.otel_traces SELECT {COLUMNS} FROM ({FILE_TO_TABLE}) "
+            f"SETTINGS {STREAMING}",
+            params={"path": str(path.resolve()), "compression": compression(path)})
+        return clickhouse.diagnose(execute, database, "otel_traces", since_ns, until_ns,
+                                   worker_services, limit, warn)
+    except RuntimeError as error:  # chdb's ChdbError: ClickHouse's own message
+        raise SourceError(f"{path}: {clickhouse.one_line(str(error))}") from None
     finally:
-        store.close()
-        shutil.rmtree(scratch, ignore_errors=True)
+        store.query(f"DROP DATABASE IF EXISTS {database} SYNC")
+
+
+_files = itertools.count()
+_session = None
+
+
+def _store():
+    """The process's chDB session, its data in a scratch folder removed at exit. chDB runs
+    one engine per process, in one folder: every file read here shares it."""
+    global _session
+    if _session is None:
+        from chdb import session
+
+        scratch = tempfile.mkdtemp(prefix="doctor-chdb-")
+        _session = session.Session(scratch)
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        atexit.register(_session.close)
+    return _session
