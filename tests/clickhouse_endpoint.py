@@ -18,6 +18,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -100,12 +101,13 @@ def _as_string(value):
     return str(value)
 
 
-def corpus_spans(scenarios=None):
+def corpus_spans(scenarios=None, start_ns=doctor_corpus.START_NS):
     """The conformance corpus's spans (tests/doctor_corpus.py), all or of SCENARIOS."""
-    spans = otlp_json.spans(doctor_corpus.document())
+    spans = otlp_json.spans(doctor_corpus.document(start_ns))
     if scenarios is None:
         return list(spans)
-    slots = {doctor_corpus.slot_start_ns(name) // doctor_corpus.SLOT_NS for name in scenarios}
+    slots = {doctor_corpus.slot_start_ns(name, start_ns) // doctor_corpus.SLOT_NS
+             for name in scenarios}
     return [span for span in spans if span["start_ns"] // doctor_corpus.SLOT_NS in slots]
 
 
@@ -227,6 +229,8 @@ def main(argv=None):
                         help="write 'SPAN_KIND_CONSUMER', as exporters did before")
     parser.add_argument("--corpus", metavar="NAMES",
                         help="load these scenarios of tests/doctor_corpus.py (comma separated)")
+    parser.add_argument("--minutes-ago", type=int, metavar="M",
+                        help="the corpus starts M minutes ago, not on its fixed date")
     parser.add_argument("--load", action="append", default=[], metavar="FILE",
                         help="load an OTLP JSON file")
     parser.add_argument("--user", default="default")
@@ -235,7 +239,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     store = Store(args.schema)
     if args.corpus:
-        store.insert(corpus_spans(args.corpus.split(",")), args.old_kinds)
+        start_ns = doctor_corpus.START_NS if args.minutes_ago is None else \
+            (int(time.time()) - 60 * args.minutes_ago) * 10**9
+        store.insert(corpus_spans(args.corpus.split(","), start_ns), args.old_kinds)
     for path in args.load:
         for line in Path(path).read_text().splitlines():
             if line.strip():

@@ -136,7 +136,7 @@ WITH
         GROUP BY run.span_id
     ),
 
-    -- 1. What each span's own row and the sets above say.
+    -- What each span's own row, and the sets above, say.
     own AS (
         SELECT *,
             parent_id != '' AND parent_id IN present AS parent_present,
@@ -157,40 +157,47 @@ WITH
         FROM celery
     ),
 
-    -- 2. What the spans of the same message, and of the same task before it, say.
-    around AS (
-        SELECT *,
-            -- A producer span of the same message id, as evidence (the earliest).
-            argMinIf((span_id, trace_id, service), (start_ns, span_id),
-                     side = 'PRODUCER' AND message_id != '')
-                OVER (PARTITION BY message_id) AS by_id,
-            -- Consumer spans of the message, eager runs aside: they consumed no message.
-            countIf(side = 'CONSUMER' AND NOT is_eager)
-                OVER (PARTITION BY message_id) AS consumers_of_message,
-            -- The anonymous producer of the task that started last at or before this span
-            -- (at equal starts, producers come first, then the larger span id wins): ASOF,
-            -- not one to one; and how many of them came so far, to tell whose turn it is.
-            argMaxIf((span_id, trace_id, service), (start_ns, span_id), anonymous)
-                OVER in_time AS by_task,
-            countIf(anonymous) OVER in_time AS anonymous_so_far
+    -- The producers of the orphans' messages, by message id (the earliest, as evidence).
+    -- Only the orphans' message ids are looked up: they are few.
+    by_message AS (
+        SELECT message_id,
+               argMin((span_id, trace_id, service), (start_ns, span_id)) AS producer
         FROM own
-        WINDOW in_time AS (PARTITION BY task ORDER BY start_ns, side != 'PRODUCER', span_id
-                           ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+        WHERE side = 'PRODUCER' AND message_id != '' AND message_id IN (
+            SELECT message_id FROM own WHERE looks_for_producer AND message_id != '')
+        GROUP BY message_id
     ),
 
-    -- 3. The orphans' producers.
-    matched AS (
-        SELECT *,
-            looks_for_producer AND by_id.1 != '' AS producer_by_id,
-            looks_for_producer AND NOT producer_by_id AND by_task.1 != '' AS producer_by_task,
-            multiIf(producer_by_id, by_id, producer_by_task, by_task,
-                    ('', '', '')) AS producer
-        FROM around
+    -- The orphans with no producer by message id, and the anonymous producers, in time per
+    -- task: each orphan's is the anonymous producer of its task that started last at or
+    -- before it (at equal starts, producers first, then the larger span id): ASOF, not one
+    -- to one. Both sides are few, so the window is small.
+    by_task AS (
+        SELECT span_id,
+               argMaxIf((span_id, trace_id, service), (start_ns, span_id), anonymous)
+                   OVER (PARTITION BY task ORDER BY start_ns, NOT anonymous, span_id
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS producer
+        FROM own
+        WHERE anonymous OR (looks_for_producer AND message_id NOT IN (
+            SELECT message_id FROM by_message))
     ),
 
-    -- 4. Every verdict.
+    -- Message ids that a consumer span carries, eager runs aside (they consumed nothing).
+    consumed AS (
+        SELECT message_id FROM celery
+        WHERE side = 'CONSUMER' AND NOT is_eager AND message_id != ''
+    ),
+
+    -- Every verdict.
     judged AS (
-        SELECT m.*, c.caller AS caller,
+        SELECT o.* EXCEPT (span_id, message_id), c.caller AS caller,
+            -- Named again: the joined tables have columns of these names too.
+            o.span_id AS span_id, o.message_id AS message_id,
+            looks_for_producer AND m.producer.1 != '' AS producer_by_id,
+            looks_for_producer AND NOT producer_by_id AND t.producer.1 != ''
+                AS producer_by_task,
+            multiIf(producer_by_id, m.producer, producer_by_task, t.producer,
+                    ('', '', '')) AS producer,
             producer_by_id OR producer_by_task AS has_producer,
             -- What the message carried (our consumer spans record it) proves a cause.
             multiIf(trace_context = 'absent', 'not-injected',
@@ -216,19 +223,21 @@ WITH
                 cause != 'undetermined', '',
                 has_producer, 'celery.trace_context',
                 'celery.parent_task_id') AS decided_by,
-            -- An anonymous producer is consumed when an orphan was matched to it: those come
-            -- after it, before the next one of the task.
-            max(producer_by_task) OVER (PARTITION BY task, anonymous_so_far)
-                AS anonymous_matched,
-            -- Published and never consumed. A publish that failed sent nothing.
+            -- Published and never consumed: no consumer carries its message id, none names
+            -- it as parent or link, no orphan was matched to it by task and time. A publish
+            -- that failed sent nothing.
             state = 'producer' AND NOT failed
-                AND NOT (message_id != '' AND consumers_of_message > 0)
+                AND NOT (message_id != '' AND message_id IN consumed)
                 AND NOT producer_reached
-                AND NOT (anonymous AND anonymous_matched) AS unconsumed,
+                AND NOT (anonymous AND span_id IN (SELECT producer.1 FROM by_task
+                                                   WHERE span_id != producer.1))
+                AS unconsumed,
             if(state = 'eager_root',
                if(c.caller.1 != '', 'not-continued', 'by-design'), '') AS verdict
-        FROM matched AS m
-        LEFT JOIN callers AS c ON m.span_id = c.run_id
+        FROM own AS o
+        LEFT JOIN by_message AS m ON o.message_id = m.message_id
+        LEFT JOIN by_task AS t ON o.span_id = t.span_id
+        LEFT JOIN callers AS c ON o.span_id = c.run_id
     )
 
 SELECT
