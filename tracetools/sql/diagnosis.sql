@@ -38,7 +38,12 @@ WITH
                                -- across an exporter upgrade holds both
             StatusCode IN ('Error', 'STATUS_CODE_ERROR') AS failed,
             SpanAttributes AS attributes,
-            `Links.SpanId` AS links
+            `Links.SpanId` AS links,
+            -- The ids as numbers for the sets below: 8 bytes a span id, not a string (the
+            -- exporter writes 16 hex digits; '' becomes 0).
+            reinterpretAsUInt64(unhex(SpanId)) AS span_key,
+            reinterpretAsUInt64(unhex(ParentSpanId)) AS parent_key,
+            arrayMap(id -> reinterpretAsUInt64(unhex(id)), `Links.SpanId`) AS link_keys
         FROM {database:Identifier}.{table:Identifier}
         WHERE Timestamp >= {since:DateTime64(9, 'UTC')} AND Timestamp < {until:DateTime64(9, 'UTC')}
     ),
@@ -49,10 +54,12 @@ WITH
     celery AS (
         SELECT
             span_id, trace_id, parent_id, name, service, start_ns, end_ns, failed, links,
+            span_key, parent_key, link_keys,
             side, task, message_id, parent_task_id, trace_context, is_eager
         FROM (
             SELECT
                 span_id, trace_id, parent_id, name, service, start_ns, end_ns, failed, links,
+                span_key, parent_key, link_keys,
                 toString(attributes['messaging.operation.type']) AS operation_type,
                 toString(attributes['messaging.operation']) AS operation_old,
                 if(operation_type != '', operation_type, operation_old) AS operation,
@@ -102,13 +109,13 @@ WITH
             WHERE is_celery
                OR (service IN {worker_services:Array(String)} AND parent_id = '' AND empty(links))
         )
-        LIMIT 1 BY span_id
+        LIMIT 1 BY span_key
     ),
 
     -- Span ids that the consumer spans name as parent or link: a producer span they reach
     -- was consumed, whatever its message id says.
     reached AS (
-        SELECT arrayJoin(arrayPushFront(links, parent_id)) AS span_id
+        SELECT arrayJoin(arrayPushFront(link_keys, parent_key)) AS span_key
         FROM celery
         WHERE side = 'CONSUMER'
     ),
@@ -116,7 +123,7 @@ WITH
     -- The parents the consumer spans name that are in the window. The set looked up is the
     -- consumers' (small), not every span id (huge).
     present AS (
-        SELECT span_id FROM spans WHERE span_id IN reached
+        SELECT span_key FROM spans WHERE span_key IN reached
     ),
 
     -- Eager runs that are roots, and for each the span open around it, if any: a span of the
@@ -139,8 +146,8 @@ WITH
     -- What each span's own row, and the sets above, say.
     own AS (
         SELECT *,
-            parent_id != '' AND parent_id IN present AS parent_present,
-            side = 'PRODUCER' AND span_id IN reached AS producer_reached,
+            parent_id != '' AND parent_key IN present AS parent_present,
+            side = 'PRODUCER' AND span_key IN reached AS producer_reached,
             -- A producer span with no message id (made by hand around apply_async) that no
             -- consumer reached: it can only be joined by task and time.
             side = 'PRODUCER' AND message_id = '' AND NOT producer_reached AS anonymous,
@@ -241,7 +248,8 @@ WITH
     )
 
 SELECT
-    (SELECT (toInt64(uniqExact(span_id)), toInt64(uniqExact(trace_id)), max(end_ns))
+    (SELECT (toInt64(uniqExact(span_key)),
+             toInt64(uniqExact(reinterpretAsUInt128(unhex(trace_id)))), max(end_ns))
      FROM spans) AS totals,  -- spans, traces, the newest span's end
     countIf(side != 'WORKER') AS celery_spans,
     countIf(side = 'CONSUMER') AS consumer_spans,
