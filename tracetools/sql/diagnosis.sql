@@ -49,13 +49,15 @@ WITH
     ),
 
     -- Celery's producer and consumer spans, and the worker services' roots that are not
-    -- Celery spans (--worker-service: a worker that records no consumer span), each once:
-    -- a span exported twice must not count twice.
-    celery AS (
+    -- Celery spans (--worker-service: a worker that records no consumer span).
+    celery_rows AS (
         SELECT
             span_id, trace_id, parent_id, name, service, start_ns, end_ns, failed, links,
             span_key, parent_key, link_keys,
-            side, task, message_id, parent_task_id, trace_context, is_eager
+            side, task, message_id, parent_task_id, trace_context, is_eager,
+            -- A non-eager root without links: an orphan, whose producer is looked for.
+            side = 'CONSUMER' AND parent_id = '' AND NOT is_eager AND empty(links)
+                AS seeks_producer
         FROM (
             SELECT
                 span_id, trace_id, parent_id, name, service, start_ns, end_ns, failed, links,
@@ -109,14 +111,19 @@ WITH
             WHERE is_celery
                OR (service IN {worker_services:Array(String)} AND parent_id = '' AND empty(links))
         )
-        LIMIT 1 BY span_key
+    ),
+
+    -- Each of them once: a span exported twice must not count twice. (The sets below need
+    -- no such care, and so read celery_rows: the de-duplication holds every span id.)
+    celery AS (
+        SELECT * FROM celery_rows LIMIT 1 BY span_key
     ),
 
     -- Span ids that the consumer spans name as parent or link: a producer span they reach
     -- was consumed, whatever its message id says.
     reached AS (
         SELECT arrayJoin(arrayPushFront(link_keys, parent_key)) AS span_key
-        FROM celery
+        FROM celery_rows
         WHERE side = 'CONSUMER'
     ),
 
@@ -135,8 +142,9 @@ WITH
                argMax((s.span_id, s.trace_id, s.name), (s.start_ns, s.span_id)) AS caller
         FROM spans AS s
         INNER JOIN (
-            SELECT span_id, trace_id, service, start_ns, end_ns FROM celery
+            SELECT span_id, trace_id, service, start_ns, end_ns FROM celery_rows
             WHERE side = 'CONSUMER' AND is_eager AND parent_id = ''
+            LIMIT 1 BY span_key  -- once each, and only them: few
         ) AS run ON s.service = run.service
         WHERE s.trace_id != run.trace_id AND s.start_ns <= run.start_ns
           AND s.end_ns >= run.end_ns
@@ -158,20 +166,20 @@ WITH
                 parent_id != '', 'orphan',       -- its parent never arrived
                 is_eager, 'eager_root',          -- nothing was published: never an orphan
                 notEmpty(links), 'linked',       -- a new trace on purpose, linked: by design
-                'orphan') AS state,
-            -- A non-eager root without links: its producer is looked for.
-            state = 'orphan' AND side = 'CONSUMER' AND parent_id = '' AS looks_for_producer
+                'orphan') AS state
         FROM celery
     ),
 
     -- The producers of the orphans' messages, by message id (the earliest, as evidence).
-    -- Only the orphans' message ids are looked up: they are few.
+    -- Only the orphans' message ids are looked up: they are few. This and what follows
+    -- read celery_rows, not celery: a span read twice changes no answer here, and the
+    -- de-duplication is what costs memory.
     by_message AS (
         SELECT message_id,
                argMin((span_id, trace_id, service), (start_ns, span_id)) AS producer
-        FROM own
+        FROM celery_rows
         WHERE side = 'PRODUCER' AND message_id != '' AND message_id IN (
-            SELECT message_id FROM own WHERE looks_for_producer AND message_id != '')
+            SELECT message_id FROM celery_rows WHERE seeks_producer AND message_id != '')
         GROUP BY message_id
     ),
 
@@ -184,14 +192,20 @@ WITH
                argMaxIf((span_id, trace_id, service), (start_ns, span_id), anonymous)
                    OVER (PARTITION BY task ORDER BY start_ns, NOT anonymous, span_id
                          ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS producer
-        FROM own
-        WHERE anonymous OR (looks_for_producer AND message_id NOT IN (
-            SELECT message_id FROM by_message))
+        FROM (
+            SELECT *,
+                side = 'PRODUCER' AND message_id = '' AND span_key NOT IN reached
+                    AS anonymous
+            FROM celery_rows
+            WHERE anonymous OR (seeks_producer AND message_id NOT IN (
+                SELECT message_id FROM by_message))
+            LIMIT 1 BY span_key
+        )
     ),
 
     -- Message ids that a consumer span carries, eager runs aside (they consumed nothing).
     consumed AS (
-        SELECT message_id FROM celery
+        SELECT message_id FROM celery_rows
         WHERE side = 'CONSUMER' AND NOT is_eager AND message_id != ''
     ),
 
@@ -200,8 +214,8 @@ WITH
         SELECT o.* EXCEPT (span_id, message_id), c.caller AS caller,
             -- Named again: the joined tables have columns of these names too.
             o.span_id AS span_id, o.message_id AS message_id,
-            looks_for_producer AND m.producer.1 != '' AS producer_by_id,
-            looks_for_producer AND NOT producer_by_id AND t.producer.1 != ''
+            seeks_producer AND m.producer.1 != '' AS producer_by_id,
+            seeks_producer AND NOT producer_by_id AND t.producer.1 != ''
                 AS producer_by_task,
             multiIf(producer_by_id, m.producer, producer_by_task, t.producer,
                     ('', '', '')) AS producer,
