@@ -7,10 +7,10 @@
 -- (true, 3) into the strings the Map holds ('true', '3'), and a missing key into ''.
 -- So an attribute that is set to '' counts as absent here.
 --
--- The rules are those of tracetools/doctor.py (the Python doctor), written down in
--- DOCTOR_RULES.md: a conformance test holds the two to the same --json diagnosis.
+-- The rules are those of tracetools/doctor.py, the Python doctor:
+-- tests/test_doctor_conformance.py holds the two to the same --json diagnosis of one corpus.
 --
--- Paste it into clickhouse-client (from tracetools/sql/) with its parameters, e.g.
+-- Paste it into clickhouse-client with its parameters, e.g.
 --   clickhouse-client --param_database=otel --param_table=otel_traces \
 --     --param_since='2026-12-03 00:00:00' --param_until='2026-12-04 00:00:00' \
 --     --param_worker_services="[]" --param_limit=20 --queries-file tracetools/sql/diagnosis.sql
@@ -20,9 +20,10 @@
 -- messages, each list ordered by (start_ns, span_id) and cut at {limit} (read it with
 -- FORMAT Vertical). The counts are whole, whatever {limit} says.
 --
--- The query scans the window's rows a handful of times (the Celery spans, the span ids that
--- consumers name as parents, the caller of each eager root, the totals), and holds what it
--- judges, the Celery spans, not every span.
+-- It reads the window's rows several times (ClickHouse runs a WITH subquery wherever it is
+-- named): the Celery spans, the span ids that consumers name as parents, each eager root's
+-- caller, the totals. What it holds are sets of ids (span ids as 8-byte numbers, message
+-- ids), not the spans; windows and joins only see the few orphans and eager roots.
 WITH
     -- The window's rows, with the few columns the doctor reads under its own names.
     spans AS (
