@@ -210,6 +210,14 @@ def test_a_truncated_compressed_file_is_an_error(tmp_path, compression):
     assert str(path) in error
 
 
+def test_a_batch_cut_short_at_the_end_of_a_plain_file_is_left_out(tmp_path):
+    path = write_corpus(tmp_path / "corpus.jsonl", "none")
+    path.write_text(path.read_text() + '{"resourceSpans": [{"resource": {"attri')
+    result = doctor(path, "--json", "--engine", "chdb", "--worker-service",
+                    *doctor_corpus.WORKER_SERVICES)
+    assert diagnosis_of(result) == doctor_corpus.expected()
+
+
 def test_a_corrupt_compressed_file_is_an_error(tmp_path):
     path = tmp_path / "corrupt.gz"
     path.write_bytes(b"\x1f\x8b" + bytes(range(256)) * 4)
