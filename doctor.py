@@ -9,20 +9,18 @@ Jaeger 2's /api/v3/traces (with --service) or Grafana Tempo's /api/traces/<trace
 /api/search; or ClickHouse's HTTP interface, clickhouse://HOST:8123/DATABASE?table=otel_traces
 (clickhouses:// for HTTPS), where the join runs as SQL (tracetools/clickhouse.py).
 --since and --until keep the spans that started in that window; the window ends --settle
-before now unless --until says otherwise, since spans arrive late. Jaeger, Tempo and
-ClickHouse are searched over --lookback when no --since is given.
+before now unless --until says otherwise, since spans arrive late. Without them, every span
+of a file, and the last hour of Jaeger, Tempo and ClickHouse (or --lookback).
 Exit status: 0 nothing orphaned or unconsumed (or no more than --max-orphan-ratio of the
 consumer spans), 1 something is, 2 bad input or a source that cannot be read.
 The work is done in tracetools/doctor.py, which your tests can call too.
 """
 
 import argparse
-import itertools
 import json
 import re
 import sys
 import time
-import urllib.parse
 from datetime import datetime, timezone
 
 from tracetools import engines, sources
@@ -68,9 +66,9 @@ def main(argv=None):
                              "caller and unconsumed messages are more than R of the consumer "
                              "spans (default 0: any). With it or --since, a one-line summary "
                              "comes first (on stderr with --json)")
-    parser.add_argument("--lookback", default=sources.DEFAULT_LOOKBACK,
-                        help="Jaeger and Tempo, without --since: how far back, e.g. 15m, 2h "
-                             "(%(default)s)")
+    parser.add_argument("--lookback", metavar="DURATION",
+                        help="without --since: only spans that started this long ago or since, "
+                             "e.g. 15m, 2h, up to now (Jaeger and Tempo: 1h unless told)")
     parser.add_argument("--limit", type=int, default=sources.DEFAULT_LIMIT,
                         help="Jaeger and Tempo searches: at most this many traces; ClickHouse "
                              "and chDB: at most this many orphans, eager roots and unconsumed "
@@ -89,29 +87,26 @@ def main(argv=None):
     now = time.time()
     try:
         since, until = window(args.since, args.until, args.settle, now)
+        if since is None and args.lookback is not None:
+            since = now - seconds(args.lookback, "--lookback")
         max_ratio = ratio(args.max_orphan_ratio)
         if engines.in_store(args.sources, args.engine):
             source = args.sources[0]  # a ClickHouse table, or a file for chDB: the join in SQL
-            start = since if since is not None or not _is_url(source) \
-                else now - seconds(args.lookback, "--lookback")
-            findings = engines.findings(source, _ns(start), _ns(until), args.worker_service,
+            if since is None and engines.is_server(source):
+                since = now - seconds(sources.DEFAULT_LOOKBACK, "--lookback")
+            findings = engines.findings(source, _ns(since), _ns(until), args.worker_service,
                                         args.limit, args.timeout, warn)
         else:
-            spans = itertools.chain.from_iterable(
-                _load(source, services=args.service,
-                      since=since if since is not None or not _is_url(source)
-                      else now - seconds(args.lookback, "--lookback"),
-                      until=until, limit=args.limit, timeout=args.timeout, warn=warn)
-                for source in args.sources
-            )
+            spans = _load(args.sources, services=args.service, since=since, until=until,
+                          limit=args.limit, timeout=args.timeout, warn=warn)
             findings = examine(spans, args.worker_service)
     except (BadInput, sources.SourceError) as error:
         warn(str(error))
         return 2
     diagnosis = findings.diagnosis
     if not diagnosis["spans"]:
-        within = f" from {_rfc3339(since)} to {_rfc3339(until)}" if since is not None else ""
-        warn(f"no spans in {', '.join(args.sources)}{within}: nothing to diagnose")
+        warn(f"no spans in {', '.join(args.sources)}{_between(since, until, ' that started')}: "
+             "nothing to diagnose")
         return 2
     verdict = 1 if _ratio(diagnosis) > (max_ratio or 0) else 0
     if args.since is not None or max_ratio is not None:
@@ -185,13 +180,19 @@ def summary(diagnosis, max_ratio, since, until):
         parts.append(f"{never:,} message{'s' * (never > 1)} never consumed")
     share = _ratio(diagnosis)
     verdict = "FAIL" if share > max_ratio else "OK"
-    within = f"; spans from {_rfc3339(since)} to {_rfc3339(until)}" if since is not None else ""
     return (f"doctor: {', '.join(parts)}: {_percent(share)} failed, max "
-            f"{_percent(max_ratio)}: {verdict}{within}")
+            f"{_percent(max_ratio)}: {verdict}{_between(since, until, '; spans')}")
 
 
 def _percent(share):
     return f"{share * 100:.3g}%"
+
+
+def _between(since, until, prefix):
+    """The window, as the one-line messages say it; "" for all spans."""
+    if since is None:
+        return "" if until is None else f"{prefix} before {_rfc3339(until)}"
+    return f"{prefix} from {_rfc3339(since)} to {'now' if until is None else _rfc3339(until)}"
 
 
 def _rfc3339(unix_seconds):
@@ -199,24 +200,21 @@ def _rfc3339(unix_seconds):
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _is_url(source):
-    return urllib.parse.urlsplit(str(source)).scheme in ("http", "https", *engines.SERVERS)
-
-
 def _ns(unix_seconds):
     return None if unix_seconds is None else round(unix_seconds * 1e9)
 
 
-def _load(source, *, services, since, until, limit, timeout, warn):
-    """sources.load(), keeping the spans that started in [SINCE, UNTIL) (unix seconds; None:
-    no bound). Until sources.load() takes since= and until= itself, this filters here."""
-    lookback = sources.DEFAULT_LOOKBACK if since is None else f"{max(time.time() - since, 0):.3f}s"
-    spans = sources.load(source, services, lookback, limit, timeout, warn)
-    if since is None and until is None:
-        return spans
-    low = -1 if since is None else since * 1e9
-    high = float("inf") if until is None else until * 1e9
-    return (span for span in spans if low <= span["start_ns"] < high)
+def _load(paths_or_urls, *, services, since, until, limit, timeout, warn):
+    """The spans of every source that started in [SINCE, UNTIL) (unix seconds; None: no
+    bound), as sources.load(paths_or_urls, services=, since=, until=, ...) is to give them:
+    until it does, one source at a time, filtered here."""
+    for source in paths_or_urls:
+        lookback = sources.DEFAULT_LOOKBACK if since is None \
+            else f"{max(time.time() - since, 0):.3f}s"
+        spans = sources.load(source, services, lookback, limit, timeout, warn)
+        yield from (span for span in spans
+                    if (since is None or since * 1e9 <= span["start_ns"])
+                    and (until is None or span["start_ns"] < until * 1e9))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from tracetools import chdb_file, clickhouse
 from tracetools.sources import SQLITE_MAGIC, SourceError
 
 ENGINES = ("auto", "python", "chdb")
-SERVERS = tuple(clickhouse.SCHEMES)  # URL schemes of stores that run the SQL themselves
 BIG_FILE = 64 * 2**20  # past this, chDB's one pass beats a Python loop many times over
 
 
@@ -26,6 +25,11 @@ def in_store(sources, engine="auto"):
         raise SourceError(f"{stored[0]} is diagnosed where it is read, alone: give it as the "
                           "only SOURCE")
     return bool(stored)
+
+
+def is_server(source):
+    """Is SOURCE a store that runs the SQL itself (a ClickHouse URL)?"""
+    return clickhouse.handles(source)
 
 
 def findings(source, since_ns, until_ns, worker_services, limit, timeout, warn):
