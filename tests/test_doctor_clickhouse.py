@@ -194,6 +194,21 @@ def test_a_server_that_hangs_is_an_error_within_the_timeout():
     assert took < DEADLINE
 
 
+def test_https_and_the_defaults_of_the_url(monkeypatch):
+    monkeypatch.setenv("CLICKHOUSE_USER", "reader")
+    monkeypatch.delenv("CLICKHOUSE_PASSWORD", raising=False)
+    assert clickhouse._parse("clickhouses://ch.example") == (
+        "https://ch.example:8443/", "default", "otel_traces", ("reader", ""))
+    assert clickhouse._parse("clickhouse://u:p%40ss@[::1]:9000/logs?table=spans") == (
+        "http://[::1]:9000/", "logs", "spans", ("u", "p@ss"))
+
+
+def test_a_clickhouse_url_is_diagnosed_alone(served, tmp_path):
+    other = write_corpus(tmp_path / "corpus.jsonl", "none")
+    error = one_line_error(doctor(served("--corpus", ALL), other))
+    assert "is diagnosed where it is read, alone" in error
+
+
 def test_bad_urls_are_errors():
     for url, said in [("clickhouse://:8123/otel", "no host"),
                       ("clickhouse://host:port/otel", "port is not a number"),
