@@ -4,11 +4,13 @@
     python doctor.py SOURCE --since 15m [--max-orphan-ratio 0.001]    # from cron or CI
 
 SOURCE is the trace sink's SQLite file, an OTLP JSON file (the Collector's file exporter
-writes JSON lines), or the URL of a backend's query API: Jaeger 2's /api/v3/traces (with
---service) or Grafana Tempo's /api/traces/<trace id> or /api/search.
+writes JSON lines; gzip and zstd too, read with chDB), or the URL of a backend's query API:
+Jaeger 2's /api/v3/traces (with --service) or Grafana Tempo's /api/traces/<trace id> or
+/api/search; or ClickHouse's HTTP interface, clickhouse://HOST:8123/DATABASE?table=otel_traces
+(clickhouses:// for HTTPS), where the join runs as SQL (tracetools/clickhouse.py).
 --since and --until keep the spans that started in that window; the window ends --settle
 before now unless --until says otherwise, since spans arrive late. Without them, every span
-of a file, and the last hour of Jaeger and Tempo (or --lookback).
+of a file, and the last hour of Jaeger, Tempo and ClickHouse (or --lookback).
 Tempo is searched for the traces the verdicts need, not read whole: its orphans, eager runs
 and unconsumed messages are the window's, but its totals (spans, traces, consumer spans,
 connected) count only the traces it fetched.
@@ -23,7 +25,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from tracetools import sources
+from tracetools import engines, sources
 from tracetools.doctor import NOT_CONTINUED, examine, failed, report
 
 DEFAULT_SETTLE = "60s"
@@ -68,9 +70,15 @@ def main(argv=None):
                         help="without --since: only spans that started this long ago or since, "
                              "e.g. 15m, 2h, up to now (Jaeger and Tempo: 1h unless told)")
     parser.add_argument("--limit", type=int, default=sources.DEFAULT_LIMIT,
-                        help="Jaeger and Tempo searches: at most this many traces (%(default)s)")
+                        help="Jaeger and Tempo searches: at most this many traces; ClickHouse "
+                             "and chDB: at most this many orphans, eager roots and unconsumed "
+                             "messages listed, all counted (%(default)s)")
     parser.add_argument("--timeout", type=float, default=sources.DEFAULT_TIMEOUT,
                         help="seconds to wait for each answer of a backend (%(default)s)")
+    parser.add_argument("--engine", choices=engines.ENGINES, default="auto",
+                        help="what reads an OTLP JSON file: chdb (big or compressed files), "
+                             "python, or auto: chdb for compressed files and for files of "
+                             "64 MiB or more when chdb is installed (%(default)s)")
     args = parser.parse_args(argv)
 
     def warn(message):
@@ -82,10 +90,17 @@ def main(argv=None):
         if since is None and args.lookback is not None:
             since = now - seconds(args.lookback, "--lookback")
         max_ratio = ratio(args.max_orphan_ratio)
-        spans = sources.load(args.sources, services=args.service,
-                             worker_services=args.worker_service, since=since, until=until,
-                             limit=args.limit, timeout=args.timeout, warn=warn)
-        findings = examine(spans, args.worker_service)
+        if engines.in_store(args.sources, args.engine):
+            source = args.sources[0]  # a ClickHouse table, or a file for chDB: the join in SQL
+            if since is None and engines.is_server(source):
+                since = now - sources.DEFAULT_LOOKBACK
+            findings = engines.findings(source, _ns(since), _ns(until), args.worker_service,
+                                        args.limit, args.timeout, warn)
+        else:
+            spans = sources.load(args.sources, services=args.service,
+                                 worker_services=args.worker_service, since=since, until=until,
+                                 limit=args.limit, timeout=args.timeout, warn=warn)
+            findings = examine(spans, args.worker_service)
     except (BadInput, sources.SourceError) as error:
         warn(str(error))
         return 2
@@ -184,6 +199,10 @@ def _between(since, until, prefix):
 def _rfc3339(unix_seconds):
     moment = datetime.fromtimestamp(unix_seconds, timezone.utc)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _ns(unix_seconds):
+    return None if unix_seconds is None else round(unix_seconds * 1e9)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from contextlib import ExitStack
 
 import doctor_corpus
 import pytest
+from clickhouse_endpoint import Served, write_corpus
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -104,12 +105,40 @@ def tempo(document, folder, stack):
     return [f"{tempo.url}/api/search"]
 
 
+def clickhouse(schema, *options):
+    """ClickHouse's HTTP interface on chDB (tests/clickhouse_endpoint.py), the corpus in the
+    exporter's table of SCHEMA (map or json): the join runs there, as SQL."""
+    def load(document, folder, stack):
+        spans = write_corpus(folder / "traces.jsonl", "none", document)
+        endpoint = Served("--schema", schema, *options, "--load", str(spans))
+        stack.callback(endpoint.stop)
+        return [endpoint.url]
+    return load
+
+
+def chdb_file(compression):
+    """An OTLP JSON lines file read with chDB: the same SQL as ClickHouse's."""
+    def load(document, folder, stack):
+        name = {"none": "traces.jsonl", "gzip": "traces.jsonl.gz", "zstd": "traces.zst"}
+        return [write_corpus(folder / name[compression], compression, document),
+                "--engine", "chdb"]
+    return load
+
+
 SOURCES = {
     "sink": sink_source,
     "otlp-json-lines": otlp_json_lines,
     "otlp-json-document": otlp_json_document,
     "jaeger": jaeger,
     "tempo": tempo,
+    # Both exporter schemas, both SpanKind spellings ('Consumer', 'SPAN_KIND_CONSUMER').
+    "clickhouse-map": clickhouse("map"),
+    "clickhouse-map-old-kinds": clickhouse("map", "--old-kinds"),
+    "clickhouse-json": clickhouse("json"),
+    "clickhouse-json-old-kinds": clickhouse("json", "--old-kinds"),
+    "chdb-file": chdb_file("none"),
+    "chdb-file-gzip": chdb_file("gzip"),
+    "chdb-file-zstd": chdb_file("zstd"),
 }
 
 
