@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+import urllib.parse
 from datetime import datetime, timezone
 
 from tracetools import engines, sources
@@ -106,7 +107,8 @@ def main(argv=None):
         return 2
     diagnosis = findings.diagnosis
     if not diagnosis["spans"]:
-        warn(f"no spans in {', '.join(args.sources)}{_between(since, until, ' that started')}: "
+        named = ", ".join(map(_without_login, args.sources))
+        warn(f"no spans in {named}{_between(since, until, ' that started')}: "
              "nothing to diagnose")
         return 2
     verdict = 1 if _ratio(diagnosis) > (max_ratio or 0) else 0
@@ -199,6 +201,14 @@ def _between(since, until, prefix):
 def _rfc3339(unix_seconds):
     moment = datetime.fromtimestamp(unix_seconds, timezone.utc)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _without_login(source):
+    """SOURCE as it may be printed: a URL's user and password are for the server alone."""
+    parts = urllib.parse.urlsplit(str(source))
+    if parts.password is None and parts.username is None:
+        return str(source)
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def _ns(unix_seconds):

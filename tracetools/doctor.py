@@ -214,7 +214,9 @@ def diagnose(spans, worker_services=()):
 def failed(diagnosis):
     """What counts against the spans: orphans, eager runs that did not continue their
     caller, and messages never consumed. `doctor.py` exits 1 when there is any."""
-    return (len(diagnosis["orphans"]) + len(diagnosis["never_consumed"])
+    # The counts by cause, not the list of orphans: a store answers with the first --limit
+    # orphans alone, but counts them all.
+    return (sum(diagnosis["causes"].values()) + len(diagnosis["never_consumed"])
             + sum(root["verdict"] == NOT_CONTINUED for root in diagnosis["eager_roots"]))
 
 
