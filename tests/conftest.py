@@ -2,10 +2,10 @@
 example app on real brokers (harness/deployment.py starts them)."""
 
 import pytest
-from brokers import require
 
 from harness.deployment import Deployment
 from harness.processes import stop_all
+from tests.support.brokers import require
 from tracetools.sink import TraceSink
 
 

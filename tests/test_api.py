@@ -1,10 +1,10 @@
 """The web API: bad input gets a clear JSON error, a dead broker a 503 and no stray order."""
 
 import pytest
-from traces import PUBLISH, REQUEST, one
 
 import orders_db
 from harness.deployment import Deployment
+from tests.support.traces import PUBLISH, REQUEST, one
 
 
 @pytest.fixture

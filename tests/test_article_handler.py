@@ -4,9 +4,17 @@ import subprocess
 import sys
 import time
 
-from traces import PUBLISH, REQUEST, RUN, assert_edges, assert_orphaned, complete, names, one
-
 from harness.processes import ROOT
+from tests.support.traces import (
+    PUBLISH,
+    REQUEST,
+    RUN,
+    assert_edges,
+    assert_orphaned,
+    complete,
+    names,
+    one,
+)
 
 
 def test_task_prerun_sends_no_headers_but_the_request_carries_them():

@@ -17,13 +17,13 @@ def runs_arrived(spans):
 def test_beat_tasks_start_fresh_traces_and_inherit_none(deploy, tmp_path):
     deployment = deploy(
         "fixed", "redis", parts=["worker"], pool="threads",
-        worker_args=["--include", "tests.matrix_tasks"],
+        worker_args=["--include", "tests.apps.matrix_tasks"],
         env={"MATRIX_RESULTS_FOLDER": str(tmp_path)},
     )
     wait_until_ready(deployment.workers[0])
     since = time.time_ns()
     beat = start(
-        ["-m", "celery", "-A", "tests.beat_app", "beat", "--loglevel", "INFO",
+        ["-m", "celery", "-A", "tests.apps.beat_app", "beat", "--loglevel", "INFO",
          "--schedule", str(tmp_path / "beat-schedule")],
         deployment.env, tmp_path / "beat.log",
     )

@@ -4,9 +4,9 @@ import shutil
 import time
 
 import pytest
-from private_redis import PrivateRedis
 
 from harness.processes import wait_until_ready
+from tests.support.private_redis import PrivateRedis
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def test_the_worker_reconnects_after_a_broker_restart_and_loses_no_task(
     started, private_redis, tmp_path, figures
 ):
     deployment = started(
-        broker=private_redis.url, worker_args=["--include", "tests.matrix_tasks"],
+        broker=private_redis.url, worker_args=["--include", "tests.apps.matrix_tasks"],
         env={"MATRIX_RESULTS_FOLDER": str(tmp_path)},
     )
     wait_until_ready(deployment.workers[0])

@@ -9,13 +9,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from brokers import require
-from matrix_cells import run_cell
-from matrix_scenarios import SCENARIOS, outcome
 
 from harness.deployment import Deployment
 from harness.polling import poll_until
 from harness.processes import log_text, start, stop, worker_args
+from tests.support.brokers import require
+from tests.support.matrix_cells import run_cell
+from tests.support.matrix_scenarios import SCENARIOS, outcome
 
 # The auto-instrumentation's command: a Python script beside this interpreter, which runs the
 # command it is given with every installed instrumentation active.
@@ -51,8 +51,8 @@ def test_fixed_connects_every_publish_path_with_sentry_in_web_and_worker(
     # Sentry puts a nested `headers` dict in every message, which Celery 5.3+ then hands
     # the task as request.headers: the context must be read from the request attribute.
     spans = run_cell(
-        sink, tmp_path, "fixed", "redis", "prefork", includes=["tests.sentry_boot"],
-        publisher="tests.sentry_publish", env={"SENTRY_DSN": sentry_dsn},
+        sink, tmp_path, "fixed", "redis", "prefork", includes=["tests.apps.sentry_boot"],
+        publisher="tests.apps.sentry_publish", env={"SENTRY_DSN": sentry_dsn},
     )
     assert {scenario: outcome(spans, scenario) for scenario in SCENARIOS} == {
         scenario: "connected" for scenario in SCENARIOS
@@ -75,7 +75,7 @@ def test_the_auto_instrumentation_at_start_is_refused_with_a_clear_message(sink,
 def test_celery_signals_stands_aside_when_the_instrumentor_arrives_later(started, tmp_path):
     # The article's way: CeleryInstrumentor().instrument() in worker_process_init, after
     # tasks.py installed celery_signals. Each task must get one consumer span, not two.
-    deployment = started(worker_args=["--include", "tests.article_instrumented"])
+    deployment = started(worker_args=["--include", "tests.apps.article_instrumented"])
     since = time.time_ns()
     trace_id, span_id = f"{random.getrandbits(128):032x}", f"{random.getrandbits(64):016x}"
     headers = {"traceparent": f"00-{trace_id}-{span_id}-01"}

@@ -7,11 +7,10 @@ import time
 import urllib.request
 from fractions import Fraction
 
-from brokers import require
-from traces import assert_edges, complete, names
-
 from harness.polling import poll_until, port_answers
 from harness.processes import ROOT, free_port, start, stop_all, wait_until_ready, worker_args
+from tests.support.brokers import require
+from tests.support.traces import assert_edges, complete, names
 from tracetools.sources import load
 
 PROJECT = ROOT / "tutorial" / "django_project"

@@ -8,11 +8,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from traces import complete, count, one
 
 from harness.deployment import RUN_ATTRIBUTE, app_env
 from harness.polling import poll_until
 from harness.processes import ROOT, check_alive, log_text, start, stop_all, worker_args
+from tests.support.traces import complete, count, one
 from tracetools.doctor import assert_no_orphans, diagnose
 from tracetools.sources import load
 
@@ -36,7 +36,8 @@ WORK_DONE = {
 
 def auto_worker(env, log_path, extra_args):
     args = worker_args(extra_args=extra_args)
-    args[args.index("-A") + 1] = "tests.auto_instrumented_app"  # the harness's command, our app
+    # The harness's command, with our app.
+    args[args.index("-A") + 1] = "tests.apps.auto_instrumented_app"
     return start(args, env, log_path)
 
 
@@ -52,7 +53,7 @@ def auto_spans(sink, tmp_path_factory):
         env = app_env("fixed", sink.endpoint, workdir, "filesystem", runs[name])
         workers[name] = auto_worker({**env, **worker_env}, workdir / "worker.log", extra_args)
         subprocess.run(
-            [sys.executable, "-m", "tests.auto_instrumented_publish", str(TASKS)],
+            [sys.executable, "-m", "tests.apps.auto_instrumented_publish", str(TASKS)],
             cwd=ROOT, env={**os.environ, **env}, check=True, timeout=60, capture_output=True,
         )
         poll_until(
@@ -110,7 +111,7 @@ def test_eager_runs_are_judged_apart_from_published_messages(sink, tmp_path):
     run_id = uuid.uuid4().hex
     env = app_env("fixed", sink.endpoint, tmp_path, "filesystem", run_id)
     subprocess.run(
-        [sys.executable, "-m", "tests.auto_instrumented_publish", "0", "eager"],
+        [sys.executable, "-m", "tests.apps.auto_instrumented_publish", "0", "eager"],
         cwd=ROOT, env={**os.environ, **env}, check=True, timeout=60, capture_output=True,
     )
     spans = list(load(sink.db_path, resource={RUN_ATTRIBUTE: run_id}))  # flushed before it exited

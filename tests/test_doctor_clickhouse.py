@@ -1,7 +1,7 @@
 """The doctor's SQL on a real ClickHouse engine: chDB holding the exporter's exact tables
-(both schemas), served over ClickHouse's HTTP interface by tests/clickhouse_endpoint.py, and
+(both schemas), served over ClickHouse's HTTP interface by tests/support/clickhouse_endpoint.py, and
 big OTLP files read with chDB. Every way must give the corpus's --json diagnosis
-(tests/doctor_corpus.py), and bad input a one-line error and exit 2."""
+(tests/support/doctor_corpus.py), and bad input a one-line error and exit 2."""
 
 import json
 import os
@@ -10,11 +10,11 @@ import subprocess
 import sys
 import time
 
-import doctor_corpus
 import pytest
-from clickhouse_endpoint import Served, write_corpus
 
 from harness.processes import ROOT
+from tests.support import doctor_corpus
+from tests.support.clickhouse_endpoint import Served, write_corpus
 from tracetools import clickhouse
 from tracetools.sources import SourceError
 

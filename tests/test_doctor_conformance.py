@@ -1,5 +1,5 @@
 """One corpus, every source, one diagnosis: the doctor's rules must not depend on where the
-spans are read. Each source below is loaded with tests/doctor_corpus.py, and `doctor.py
+spans are read. Each source below is loaded with tests/support/doctor_corpus.py, and `doctor.py
 --json` on it must print the corpus's expected diagnosis, "detail" aside.
 Then the scheduled check on the same corpus: its window, settling margin, ratio and exit codes.
 
@@ -14,14 +14,14 @@ import time
 import urllib.request
 from contextlib import ExitStack
 
-import doctor_corpus
 import pytest
-from clickhouse_endpoint import Served, write_corpus
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 import doctor
 from harness.fake_backends import Backend, FakeTempo
+from tests.support import doctor_corpus
+from tests.support.clickhouse_endpoint import Served, write_corpus
 from tracetools import otlp_json
 from tracetools.sink import TraceSink
 
@@ -106,7 +106,7 @@ def tempo(document, folder, stack):
 
 
 def clickhouse(schema, *options):
-    """ClickHouse's HTTP interface on chDB (tests/clickhouse_endpoint.py), the corpus in the
+    """ClickHouse's HTTP interface on chDB (tests/support/clickhouse_endpoint.py), the corpus in the
     exporter's table of SCHEMA (map or json): the join runs there, as SQL."""
     def load(document, folder, stack):
         spans = write_corpus(folder / "traces.jsonl", "none", document)

@@ -12,14 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import pytest
-from doctor_expectations import CALL_SITE_ORPHANS, VARIANT_ORPHANS, judged
-from matrix_scenarios import expected_names
-from traces import REQUEST, RUN, complete, names, one
 
 import doctor
 from harness.deployment import RUN_ATTRIBUTE, Deployment
 from harness.fake_backends import FakeTempo
 from harness.processes import ROOT, stop_all
+from tests.support.doctor_expectations import CALL_SITE_ORPHANS, VARIANT_ORPHANS, judged
+from tests.support.matrix_scenarios import expected_names
+from tests.support.traces import REQUEST, RUN, complete, names, one
 from tracetools.doctor import CHAPTER, assert_no_orphans, diagnose, examine, load, report
 from tracetools.sink import TraceSink
 from tracetools.view import verdict
@@ -51,7 +51,7 @@ def recorded(tmp_path_factory):
         }
         deployments["scenarios"] = Deployment(
             sink, folder / "scenarios", "call-site",
-            worker_args=["--include", "tests.matrix_tasks"],
+            worker_args=["--include", "tests.apps.matrix_tasks"],
             env={"MATRIX_RESULTS_FOLDER": str(folder / "results")},
         )
         for deployment in deployments.values():
@@ -81,7 +81,7 @@ def order(deployment):
 def scenarios(deployment):
     deployment.start("worker")
     subprocess.run(
-        [sys.executable, "-m", "tests.matrix_publish", *CALL_SITE_ORPHANS, "new_trace"],
+        [sys.executable, "-m", "tests.apps.matrix_publish", *CALL_SITE_ORPHANS, "new_trace"],
         cwd=ROOT, env={**os.environ, **deployment.env}, check=True, timeout=60,
         capture_output=True,
     )

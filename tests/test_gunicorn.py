@@ -14,11 +14,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from traces import PUBLISH, REQUEST
 
 from harness.deployment import Deployment
 from harness.polling import poll_until
 from harness.processes import log_text
+from tests.support.traces import PUBLISH, REQUEST
 from tracetools.sink import TraceSink
 
 WORKERS = 4
@@ -37,10 +37,10 @@ MODES = {
     # Tracing set up at import, so the provider and an open exporter connection are the
     # master's, inherited by every worker.
     "--preload, tracing set up in the master": {
-        "preload": True, "web_app": "tests.gunicorn_traced_master:app",
+        "preload": True, "web_app": "tests.apps.gunicorn_traced_master:app",
     },
 }
-# The span tests/gunicorn_traced_master.py exports from the master (importing that module
+# The span tests/apps/gunicorn_traced_master.py exports from the master (importing that module
 # here would set tracing up in this process).
 MASTER_SPAN = "gunicorn master loaded the app"
 ROW = "gunicorn (4 workers), SIGTERM with every span still queued, {mode}"

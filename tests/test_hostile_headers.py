@@ -1,6 +1,6 @@
 """Hostile trace headers through the real worker path, fuzzed with hypothesis.
 
-Each carrier (tests/hostile_carriers.py) goes to a real worker (Redis, threads pool) with a
+Each carrier (tests/support/hostile_carriers.py) goes to a real worker (Redis, threads pool) with a
 task whose order does not exist: the task runs, fails with LookupError, and its consumer
 span must be a fresh root with no links, in a trace of its own, that says the message's
 trace context was malformed, while the worker logs no error from our signal handlers.
@@ -17,11 +17,17 @@ import re
 import time
 from contextlib import contextmanager
 
-from hostile_carriers import REGRESSIONS, TRACEPARENT_KEYS, carriers, judge, sdk_rejects
 from hypothesis import HealthCheck, example, given, settings
 
 import celery_signals
 from harness.polling import poll_until
+from tests.support.hostile_carriers import (
+    REGRESSIONS,
+    TRACEPARENT_KEYS,
+    carriers,
+    judge,
+    sdk_rejects,
+)
 
 # About 200 carriers a second go through on 2 cores (100-130 while other work shares them):
 # the worker spends ~4 ms of CPU on each failing task, this process ~3 ms drawing and

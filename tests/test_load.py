@@ -9,10 +9,9 @@ Reliability section), with the latencies and throughput that the default run onl
 
 import os
 
-from brokers import require
-from load import CONFIGS, WEB_WORKERS, measure, ran, run_twice, traces
-from traces import CONNECTED_EDGES, REQUEST, assert_edges
-
+from tests.support.brokers import require
+from tests.support.load import CONFIGS, WEB_WORKERS, measure, ran, run_twice, traces
+from tests.support.traces import CONNECTED_EDGES, REQUEST, assert_edges
 from tracetools.doctor import assert_no_orphans
 
 DEFAULT_LOAD_ORDERS = 500

@@ -18,10 +18,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from traces import count, spans_named
 
 from harness.polling import poll_until
 from harness.processes import ROOT, wait_until_ready
+from tests.support.traces import count, spans_named
 
 DEFAULT_PROBE_TASKS = 1_000
 PROBE_TASKS = int(os.environ.get("PROBE_TASKS", DEFAULT_PROBE_TASKS))
@@ -39,7 +39,7 @@ def producer_headers():
 def worker(started, tmp_path):
     deployment = started(
         # One --include with both: a second one would replace the first.
-        worker_args=["--include", "tests.matrix_tasks,tests.worker_probe"],
+        worker_args=["--include", "tests.apps.matrix_tasks,tests.apps.worker_probe"],
         env={"MATRIX_RESULTS_FOLDER": str(tmp_path)},
     )
     wait_until_ready(deployment.workers[0])
@@ -127,7 +127,7 @@ def test_a_reject_is_recorded_by_its_run_span_alone(worker, figures):
 def test_protocol_1_messages_carry_their_id_on_the_producer_span(worker):
     since = time.time_ns()
     subprocess.run(
-        [sys.executable, "-m", "tests.matrix_publish", "apply_async"], cwd=ROOT,
+        [sys.executable, "-m", "tests.apps.matrix_publish", "apply_async"], cwd=ROOT,
         env={**os.environ, **worker.env, "TASK_PROTOCOL": "1"}, check=True, timeout=60,
         capture_output=True,
     )
@@ -155,7 +155,7 @@ def test_what_the_main_process_remembers_stays_bounded(started, tmp_path, figure
     # Tasks that do nothing: PROBE_TASKS (1,000 by default, 100,000 in the opt-in run the
     # README reports) go through one prefork worker, which logs no line per task.
     worker = started(
-        concurrency=2, worker_args=["--include", "tests.matrix_tasks,tests.worker_probe",
+        concurrency=2, worker_args=["--include", "tests.apps.matrix_tasks,tests.apps.worker_probe",
                                     "--loglevel", "WARNING"],
         env={"MATRIX_RESULTS_FOLDER": str(tmp_path)},
     )
@@ -213,13 +213,13 @@ def test_a_message_the_worker_cannot_decode_leaves_no_orphan(started, tmp_path):
     for name in ("worker", "producer"):
         self_signed(tmp_path, name)
     worker = started(
-        worker_args=["--include", "tests.matrix_tasks,tests.signed_worker"],
+        worker_args=["--include", "tests.apps.matrix_tasks,tests.apps.signed_worker"],
         env={"MATRIX_RESULTS_FOLDER": str(tmp_path), "SIGNING_FOLDER": str(tmp_path)},
     )
     wait_until_ready(worker.workers[0])
     since = time.time_ns()
     subprocess.run(
-        [sys.executable, "-m", "tests.signed_publish"], cwd=ROOT, check=True, timeout=60,
+        [sys.executable, "-m", "tests.apps.signed_publish"], cwd=ROOT, check=True, timeout=60,
         env={**os.environ, **worker.env, "TRACEPARENT": producer_headers()[2]["traceparent"]},
     )
     poll_until(lambda: "Unknown certificate" in worker.worker_log(), 30, "the worker refuses it")

@@ -8,13 +8,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import readme_blocks
-from brokers import require
-from matrix_cells import run_cell
-from matrix_scenarios import CALL_SITE, SCENARIOS, outcome, render_table
-from traces import spans_named
 
 from harness.deployment import broker_problem
+from tests.support import readme_blocks
+from tests.support.brokers import require
+from tests.support.matrix_cells import run_cell
+from tests.support.matrix_scenarios import CALL_SITE, SCENARIOS, outcome, render_table
+from tests.support.traces import spans_named
 
 BROKERS = ["filesystem", "redis", "rabbitmq"]
 POOLS = ["prefork", "solo", "threads", "gevent", "eventlet"]

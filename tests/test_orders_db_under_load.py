@@ -6,9 +6,8 @@ import multiprocessing
 import sqlite3
 from contextlib import closing
 
-import orders_db_hammer
-
 import orders_db
+from tests.support import orders_db_hammer
 
 WRITERS, ORDERS = 4, 25
 READERS, READS = 2, 200

@@ -7,9 +7,8 @@ import shutil
 import subprocess
 import sys
 
-import doctor_corpus
-
 from harness.processes import ROOT
+from tests.support import doctor_corpus
 
 DEADLINE = 300  # pip builds in an isolated environment: it fetches setuptools
 

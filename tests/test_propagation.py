@@ -3,7 +3,8 @@
 import time
 
 import pytest
-from traces import (
+
+from tests.support.traces import (
     CONNECTED_EDGES,
     EMAIL_PUBLISH,
     EMAIL_RUN,
@@ -17,7 +18,6 @@ from traces import (
     names,
     one,
 )
-
 from tracetools.doctor import assert_no_orphans
 
 BROKERS = ["filesystem", "redis"]

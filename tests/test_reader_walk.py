@@ -1,7 +1,7 @@
 """The README and the chapters, run as a new reader runs them: in reading order, each part
 in a network namespace of its own (nothing listens there but what the prose told the reader
 to start), in a fresh virtualenv that holds only what the prose has told the reader to
-install so far. tests/reader_walk.py says how the documents mark their commands.
+install so far. tests/support/reader_walk.py says how the documents mark their commands.
 
 The virtualenvs live in ~/.cache/celery-trace-propagation/reader-venvs (READER_VENVS_CACHE
 to move it), one per content of the requirements files they install: built once, by one
@@ -16,10 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import reader_walk
-import venvs
 
 from harness.processes import ROOT
+from tests.support import reader_walk, venvs
 
 VENVS = Path(os.environ.get("READER_VENVS_CACHE") or venvs.CACHE / "reader-venvs")
 PARTS = reader_walk.reading_order()
@@ -59,10 +58,10 @@ def walk(number, folder):
     """Walk part NUMBER in a copy of the repository in FOLDER: (exit status, report)."""
     clone = fresh_clone(folder / "clone")
     done = subprocess.run(
-        [*UNSHARE, sys.executable, str(ROOT / "tests" / "reader_walk.py"), str(number),
+        [*UNSHARE, sys.executable, str(ROOT / "tests" / "support" / "reader_walk.py"), str(number),
          str(clone), str(VENVS)],
         capture_output=True, text=True, timeout=PART_DEADLINE,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])},
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     return done.returncode, done.stdout + done.stderr
 

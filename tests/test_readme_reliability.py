@@ -4,7 +4,6 @@ recorded by the test that proves it (the `figures` fixture)."""
 import os
 
 import pytest
-import readme_blocks
 from test_gunicorn import MODES as GUNICORN_MODES
 from test_gunicorn import ROW as GUNICORN_ROW
 from test_load import DEFAULT_LOAD_ORDERS, LOAD_ORDERS, LOAD_ROW, LOAD_TIMINGS_ROW
@@ -12,6 +11,8 @@ from test_sampling import SAMPLED_ROW, SAMPLED_TIMINGS_ROW
 from test_sink_under_load import ROW as SINK_ROW
 from test_soak import DEFAULT_SOAK_TASKS, SOAK_TASKS
 from test_worker_killed import ROWS as KILLED_ROWS
+
+from tests.support import readme_blocks
 
 ROWS = [
     "hostile trace headers through a real worker",

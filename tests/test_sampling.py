@@ -7,11 +7,11 @@ With `broken`, each process decides alone, for a trace of its own: the workers k
 requests the web app dropped, and about 1 % of orders would keep both workers' spans.
 """
 
-from brokers import require
-from load import CONFIGS, measure, traces
 from test_load import CLIENTS, LOAD_ORDERS, WORKER_SERVICES, held
-from traces import CONNECTED_EDGES, EMAIL_RUN, REQUEST, RUN, assert_edges
 
+from tests.support.brokers import require
+from tests.support.load import CONFIGS, measure, traces
+from tests.support.traces import CONNECTED_EDGES, EMAIL_RUN, REQUEST, RUN, assert_edges
 from tracetools.doctor import assert_no_orphans
 
 SAMPLED_ROW = "sampled at 10 % (parentbased_traceidratio in web app and workers)"

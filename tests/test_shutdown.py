@@ -3,9 +3,9 @@
 import time
 
 import pytest
-from traces import count
 
 from harness.polling import poll_until
+from tests.support.traces import count
 
 MISSING_ORDER = 10**9
 RUN = "celery.run tasks.process_order"

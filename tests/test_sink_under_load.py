@@ -14,8 +14,8 @@ import uuid
 from contextlib import closing
 
 import pytest
-import sink_hammer
 
+from tests.support import sink_hammer
 from tracetools.sink import TraceSink
 from tracetools.sources import load
 

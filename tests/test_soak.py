@@ -27,7 +27,7 @@ def traceparent():
 def test_a_soak_of_mixed_tasks_leaks_no_context(started, tmp_path, figures, pool):
     deployment = started(
         pool=pool, concurrency=2 if pool == "prefork" else 8,
-        worker_args=["--include", "tests.matrix_tasks"],
+        worker_args=["--include", "tests.apps.matrix_tasks"],
         env={"MATRIX_RESULTS_FOLDER": str(tmp_path)},
     )
     wait_until_ready(deployment.workers[0])

@@ -12,11 +12,11 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import readme_blocks
-from brokers import require
-from traces import normalise
 
 from harness.processes import ROOT
+from tests.support import readme_blocks
+from tests.support.brokers import require
+from tests.support.traces import normalise
 
 DOCUMENTS = sorted((ROOT / "tutorial").glob("*.md")) + [ROOT / "README.md"]
 # A marker comment, then a fenced block: <!-- quote: FILE --> or <!-- output: COMMAND -->

@@ -16,10 +16,9 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-import readme_blocks
-import venvs
 
 from harness.processes import ROOT
+from tests.support import readme_blocks, venvs
 
 PIN_FILES = sorted((ROOT / "tests" / "versions").glob("*.txt"))
 VENVS = Path(os.environ.get("VERSIONS_CACHE") or venvs.CACHE / "versions")

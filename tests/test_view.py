@@ -5,8 +5,8 @@ import json
 import re
 
 import pytest
-from traces import connected, made, normalise, orphaned
 
+from tests.support.traces import connected, made, normalise, orphaned
 from tracetools import otlp_json, sink, view
 from tracetools.doctor import diagnose
 from tracetools.view import BAR_WIDTH, describe, render, timeline, verdict

@@ -14,10 +14,20 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from traces import EMAIL_RUN, MS, REQUEST, RUN, complete, connected, made, names, orphaned
 
 import demo
 from harness.polling import poll_until
+from tests.support.traces import (
+    EMAIL_RUN,
+    MS,
+    REQUEST,
+    RUN,
+    complete,
+    connected,
+    made,
+    names,
+    orphaned,
+)
 from tracetools.doctor import diagnose
 from tracetools.view import verdict
 from tracetools.waterfall import MIN_BAR_PX, page

@@ -2,9 +2,8 @@
 
 import time
 
-from traces import RUN
-
 from harness.polling import poll_until
+from tests.support.traces import RUN
 
 FAILING_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{FAILING_TRACE_ID}-00f067aa0ba902b7-01"

@@ -1,7 +1,7 @@
 """A worker killed mid-task (kill -9), with acks_late: the order still completes, once.
 
 The orders worker stops its first attempt at an order between charging it and confirming it
-(tests/kill_hook.py); the test then kills the prefork pool process running it, or the whole
+(tests/apps/kill_hook.py); the test then kills the prefork pool process running it, or the whole
 worker (the main process and its pool: a lost machine, an OOM-killed container). The message
 was not acknowledged, so the broker hands it out again: at once when the pool process dies
 (task_reject_on_worker_lost requeues it), at once on RabbitMQ when the whole worker dies (its
@@ -12,7 +12,7 @@ charged, confirms it and sends the email, once.
 The trace then holds one consumer span, the second attempt's, under the producer span and
 marked celery.redelivered: the first attempt's died with its process, and Celery records
 nothing when it requeues a message.
-What the first attempt had ended and exported (its charge_payment, which tests/kill_hook.py
+What the first attempt had ended and exported (its charge_payment, which tests/apps/kill_hook.py
 flushes before it waits) hangs under a parent that never arrives.
 """
 
@@ -23,12 +23,12 @@ import time
 from contextlib import closing
 
 import pytest
-from private_redis import PrivateRedis
-from traces import EMAIL_PUBLISH, EMAIL_RUN, PUBLISH, REQUEST, RUN, count, one
 
 import orders_db
 from harness.polling import poll_until
 from harness.processes import log_text, wait_until_ready
+from tests.support.private_redis import PrivateRedis
+from tests.support.traces import EMAIL_PUBLISH, EMAIL_RUN, PUBLISH, REQUEST, RUN, count, one
 from tracetools.doctor import diagnose
 
 VISIBILITY_TIMEOUT = 5
@@ -107,7 +107,7 @@ def test_a_worker_killed_mid_task_leaves_the_order_to_complete_once(
     folder.mkdir()
     deployment = started(
         "fixed", broker_url, parts=("worker", "email-worker", "web"),
-        worker_args=["--include", "tests.kill_hook"],
+        worker_args=["--include", "tests.apps.kill_hook"],
         env={"KILL_TEST_FOLDER": str(folder),
              "CELERY_BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT)},
     )

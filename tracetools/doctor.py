@@ -17,7 +17,7 @@ records on both sides) and names its cause, but only as far as the spans prove i
 Eager runs (apply(), task_always_eager) publish nothing: one that is a root is reported apart,
 by design or as a run that did not continue its caller. The doctor also lists the messages
 that were published and never consumed. Other implementations of these rules (SQL in a trace
-store) must give the same judgement: tests/doctor_corpus.py holds each rule as a scenario.
+store) must give the same judgement: tests/support/doctor_corpus.py holds each rule as a scenario.
 Use it as `python doctor.py SOURCE...`, or from Python:
 
     from tracetools.doctor import assert_no_orphans, diagnose, load

@@ -1,6 +1,6 @@
 """Publish every scenario of the matrix, each from inside a span `scenario <name>`.
 
-Run from the repository root as `python -m tests.matrix_publish NAME...`, with the
+Run from the repository root as `python -m tests.apps.matrix_publish NAME...`, with the
 same environment as the worker: it is a producer process like the web app.
 """
 
@@ -13,7 +13,7 @@ from opentelemetry import trace
 
 from celery_signals import NEW_TRACE_HEADER
 from tasks import celery_app
-from tests.matrix_tasks import (
+from tests.apps.matrix_tasks import (
     autoretry,
     call_site_headers,
     errback,

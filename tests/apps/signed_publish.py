@@ -1,5 +1,5 @@
 """Publish one message signed by the producer's own certificate, which the worker does not
-trust: `python -m tests.signed_publish`, with the deployment's environment and
+trust: `python -m tests.apps.signed_publish`, with the deployment's environment and
 SIGNING_FOLDER. A process of its own: setting up signing changes kombu's serializers for
 the whole process."""
 

@@ -10,7 +10,7 @@ How the documents mark what the reader runs:
   until it is ready (READY), run beside the commands that follow, and are stopped at the end
   of the part (SIGTERM, then SIGKILL after a deadline).
 - `pip install -r FILE...` is not run as it stands: it names what the reader's virtualenv
-  holds from then on, a fresh one built once per content of those files (tests/venvs.py).
+  holds from then on, a fresh one built once per content of those files (tests/support/venvs.py).
 - NOT_RUN is the one list of commands not run here, each with its reason.
 - SERVICES lists where the prose tells the reader that a service must run. Each part runs in
   a network namespace of its own, where nothing listens (no Redis, no RabbitMQ, none of the
@@ -23,7 +23,7 @@ README, each part from a fresh copy of the repository (a reader's clone). Every 
 every terminal starts in the copy's root, with nothing in its environment but PATH (the
 virtualenv first), VIRTUAL_ENV, HOME, TMPDIR and LANG.
 
-Run as a script (`python tests/reader_walk.py PART CLONE VENVS`), it walks one part; the
+Run as a script (`python tests/support/reader_walk.py PART CLONE VENVS`), it walks one part; the
 test runs it inside the network namespace.
 """
 
@@ -35,8 +35,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import venvs
-from traces import (
+from harness.polling import poll_until, port_answers
+from harness.processes import stop_all
+from tests.support import venvs
+from tests.support.traces import (
     CONNECTED_EDGES,
     EMAIL_RUN,
     PUBLISH,
@@ -47,12 +49,9 @@ from traces import (
     complete,
     names,
 )
-
-from harness.polling import poll_until, port_answers
-from harness.processes import stop_all
 from tracetools.sources import load
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMMAND_DEADLINE = 300
 READY_DEADLINE = 60
 CLAIM_DEADLINE = 90

@@ -4,8 +4,8 @@ orphaned, and the verdict it must be given."""
 
 from typing import NamedTuple
 
-from matrix_scenarios import CALL_SITE, LOST
-from traces import EMAIL_RUN, RUN
+from tests.support.matrix_scenarios import CALL_SITE, LOST
+from tests.support.traces import EMAIL_RUN, RUN
 
 NOT_EXTRACTED = "not-extracted"
 REPUBLISHED = "republished-without-context"

@@ -1,4 +1,4 @@
-"""The orders Celery app with a beat schedule: `celery -A tests.beat_app beat`."""
+"""The orders Celery app with a beat schedule: `celery -A tests.apps.beat_app beat`."""
 
 from tasks import celery_app
 

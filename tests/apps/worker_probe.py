@@ -1,6 +1,6 @@
 """A remote-control command for the tests: what the worker's main process remembers.
 
-Loaded into a worker with `--include tests.worker_probe`; the test asks with
+Loaded into a worker with `--include tests.apps.worker_probe`; the test asks with
 `app.control.broadcast("otel_probe", reply=True, destination=[node])`.
 """
 

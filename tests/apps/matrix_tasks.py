@@ -1,6 +1,6 @@
 """Tasks for the propagation matrix: one per way a message gets published.
 
-Workers load them with `--include tests.matrix_tasks`. Every task opens a span named
+Workers load them with `--include tests.apps.matrix_tasks`. Every task opens a span named
 `work <label>`, so that each scenario's expected edges can name the spans they join.
 """
 

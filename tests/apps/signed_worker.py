@@ -1,6 +1,6 @@
 """Message signing (Celery's `auth` serializer) for a worker that trusts one certificate.
 
-Loaded with `--include tests.signed_worker`; SIGNING_FOLDER holds worker.key, worker.pem.
+Loaded with `--include tests.apps.signed_worker`; SIGNING_FOLDER holds worker.key, worker.pem.
 """
 
 import os

@@ -1,6 +1,6 @@
 """The web app as many apps are written: tracing set up when the module is imported.
 
-Under `gunicorn --preload tests.gunicorn_traced_master:app` that import happens in the master,
+Under `gunicorn --preload tests.apps.gunicorn_traced_master:app` that import happens in the master,
 before it forks its workers: they inherit its tracer provider, its export thread and the
 connection it opened to the collector. The master exports one span first, so that it really
 holds such a connection when it forks.

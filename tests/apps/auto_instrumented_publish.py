@@ -1,6 +1,6 @@
 """Publish N auto.work tasks with opentelemetry-instrumentation-celery, from inside a span.
 
-Run from the repository root as `python -m tests.auto_instrumented_publish N [eager]`, with
+Run from the repository root as `python -m tests.apps.auto_instrumented_publish N [eager]`, with
 the worker's environment: a producer process like the web app. With `eager`, it also runs
 auto.work eagerly (apply()) twice: once inside that span ("eager inside"), once after it.
 """
@@ -10,7 +10,7 @@ import sys
 from opentelemetry import trace
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
-from tests.auto_instrumented_app import work
+from tests.apps.auto_instrumented_app import work
 from tracing import flush_tracing, setup_tracing
 
 if __name__ == "__main__":

@@ -5,11 +5,10 @@ import os
 import subprocess
 import sys
 
-from matrix_scenarios import SCENARIOS, expected_names
-from traces import complete, names
-
 from harness.deployment import Deployment
 from harness.processes import ROOT, wait_until_ready
+from tests.support.matrix_scenarios import SCENARIOS, expected_names
+from tests.support.traces import complete, names
 
 # Threads and green threads run several tasks at once in one process: the test that
 # context stays with its own task.
@@ -19,8 +18,8 @@ CELL_DEADLINE = 60.0
 EXTRA_SCENARIOS = ["new_trace"]
 
 
-def run_cell(sink, workdir, variant, broker, pool, includes=(), publisher="tests.matrix_publish",
-             env=None):
+def run_cell(sink, workdir, variant, broker, pool, includes=(),
+             publisher="tests.apps.matrix_publish", env=None):
     """Start a worker, publish every scenario, return the spans once all have arrived.
 
     INCLUDES are more modules for the worker to load, PUBLISHER the module that publishes
@@ -30,7 +29,7 @@ def run_cell(sink, workdir, variant, broker, pool, includes=(), publisher="tests
     deployment = Deployment(
         sink, workdir, variant, broker, pool=pool, concurrency=CONCURRENCY[pool],
         # One --include for all: a second one would replace the first.
-        worker_args=["--include", ",".join(["tests.matrix_tasks", *includes])],
+        worker_args=["--include", ",".join(["tests.apps.matrix_tasks", *includes])],
         env={"MATRIX_RESULTS_FOLDER": str(results_folder), **(env or {})},
     ).start("worker")
     try:

@@ -15,11 +15,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from traces import EMAIL_RUN, complete, count
-
 from harness.deployment import Deployment
 from harness.polling import poll_until
 from harness.processes import log_text, wait_until_ready
+from tests.support.traces import EMAIL_RUN, complete, count
 from tracetools.sink import TraceSink
 
 ORDER = json.dumps({"item": "book", "quantity": 1}).encode()

@@ -1,9 +1,9 @@
 """A Celery app traced by opentelemetry-instrumentation-celery instead of celery_signals, for
-the doctor's tests: `celery -A tests.auto_instrumented_app worker`, on the example app's
+the doctor's tests: `celery -A tests.apps.auto_instrumented_app worker`, on the example app's
 settings (celeryconfig.py). It never imports tasks.py, which installs celery_signals.
 
 AUTO_INSTRUMENT_WORKER=0 leaves the worker traced but without the Celery instrumentation:
-then only the producer (tests/auto_instrumented_publish.py) records Celery spans. Nothing
+then only the producer (tests/apps/auto_instrumented_publish.py) records Celery spans. Nothing
 flushes a pool process on its way out, as in the instrumentation's own set-up: a prefork
 child recycled by --max-tasks-per-child takes its spans with it.
 """

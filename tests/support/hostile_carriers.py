@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from traces import RUN
 
 import celery_signals
+from tests.support.traces import RUN
 
 # Even with database=None, hypothesis caches Unicode tables and constants in ./.hypothesis:
 # keep them out of the repository.

@@ -1,5 +1,5 @@
 """The doctor's conformance corpus: scenario traces for every rule of the doctor, each span
-declared with the verdict it must get, as tests/traces.py declares edges.
+declared with the verdict it must get, as tests/support/traces.py declares edges.
 
 Every source the doctor reads (the sink, OTLP JSON files, Jaeger, Tempo, ClickHouse) must give
 the same `--json` diagnosis of this corpus, apart from the human "detail" of each orphan:
@@ -510,5 +510,5 @@ def without_detail(diagnosis):
 
 
 if __name__ == "__main__":
-    # python tests/doctor_corpus.py > corpus.json: the corpus, to load into a store by hand.
+    # python tests/support/doctor_corpus.py > corpus.json: the corpus, to load into a store by hand.
     print(json.dumps(document()))

@@ -1,4 +1,4 @@
-"""Loaded into the orders worker by tests/test_worker_killed.py (--include tests.kill_hook):
+"""Loaded into the orders worker by tests/test_worker_killed.py (--include tests.apps.kill_hook):
 the first attempt at each order stops between charging it and confirming it, says which
 process it is in, and waits there to be killed.
 

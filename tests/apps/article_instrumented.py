@@ -1,6 +1,6 @@
 """The article's set-up beside celery_signals: CeleryInstrumentor in worker_process_init.
 
-Loaded with `--include tests.article_instrumented` into a worker whose tasks.py installed
+Loaded with `--include tests.apps.article_instrumented` into a worker whose tasks.py installed
 celery_signals at import, before the instrumentor became active.
 """
 

@@ -2,10 +2,10 @@
 engine, in this process), in the exporter's exact tables, and it answers as ClickHouse does
 (rows in the format asked for; an error as a status code and "Code: N. DB::Exception: ...").
 
-    python tests/clickhouse_endpoint.py [--schema map|json] [--old-kinds] [--corpus NAMES]
+    python tests/support/clickhouse_endpoint.py [--schema map|json] [--old-kinds] [--corpus NAMES]
         [--load FILE.jsonl ...] [--user U --password P] -- COMMAND ... {url} ...
 
-loads the spans into otel.otel_traces (the default schema, tests/clickhouse_tables/), serves
+loads the spans into otel.otel_traces (the default schema, tests/support/clickhouse_tables/), serves
 it, runs COMMAND with {url} replaced by the endpoint's clickhouse:// URL, prints what COMMAND
 printed and exits 0 (the README shows the doctor's report this way). Without COMMAND it
 serves until stopped, after printing the URL on a line of its own.
@@ -24,10 +24,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 HERE = Path(__file__).parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]
+ROOT = HERE.parent.parent
+# Run as a script (the README does), it needs the repository root to import from.
+sys.path[:0] = [str(ROOT)]
 
-import doctor_corpus  # noqa: E402
-
+from tests.support import doctor_corpus  # noqa: E402
 from tracetools import clickhouse, otlp_json  # noqa: E402
 
 TABLES = {"map": HERE / "clickhouse_tables" / "otel_traces.sql",
@@ -102,7 +103,7 @@ def _as_string(value):
 
 
 def corpus_spans(scenarios=None, start_ns=doctor_corpus.START_NS):
-    """The conformance corpus's spans (tests/doctor_corpus.py), all or of SCENARIOS."""
+    """The conformance corpus's spans (tests/support/doctor_corpus.py), all or of SCENARIOS."""
     spans = otlp_json.spans(doctor_corpus.document(start_ns))
     if scenarios is None:
         return list(spans)
@@ -182,12 +183,12 @@ DEADLINE = 120
 
 
 class Served:
-    """tests/clickhouse_endpoint.py serving OPTIONS in a process of its own (chDB holds one
+    """tests/support/clickhouse_endpoint.py serving OPTIONS in a process of its own (chDB holds one
     engine per process: the doctor's file path needs its own)."""
 
     def __init__(self, *options):
         self.process = subprocess.Popen(
-            [sys.executable, __file__, *options], cwd=HERE.parent, stdout=subprocess.PIPE,
+            [sys.executable, __file__, *options], cwd=ROOT, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
         )
         self.url = self.process.stdout.readline().strip()
@@ -228,7 +229,8 @@ def main(argv=None):
     parser.add_argument("--old-kinds", action="store_true",
                         help="write 'SPAN_KIND_CONSUMER', as exporters did before")
     parser.add_argument("--corpus", metavar="NAMES",
-                        help="load these scenarios of tests/doctor_corpus.py (comma separated)")
+                        help="load these scenarios of tests/support/doctor_corpus.py "
+                             "(comma separated)")
     parser.add_argument("--minutes-ago", type=int, metavar="M",
                         help="the corpus starts M minutes ago, not on its fixed date")
     parser.add_argument("--load", action="append", default=[], metavar="FILE",
@@ -252,7 +254,7 @@ def main(argv=None):
             threading.Event().wait()
         command = [sys.executable if part == "python" else part.replace("{url}", endpoint.url())
                    for part in args.command]
-        done = subprocess.run(command, cwd=HERE.parent, capture_output=True, text=True,
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                               timeout=120)
         sys.stdout.write(done.stdout)
         sys.stderr.write(done.stderr)
