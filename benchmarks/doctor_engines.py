@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPORTER_TABLE = ROOT / "tests" / "clickhouse_tables" / "otel_traces.sql"
+EXPORTER_TABLE = ROOT / "tests" / "support" / "clickhouse_tables" / "otel_traces.sql"
 START_NS = 1_798_761_600 * 10**9  # 2027-01-01, UTC
 ORDERS_PER_LINE = 100
 ORDERS_PER_CHUNK = 100_000
