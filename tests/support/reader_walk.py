@@ -61,6 +61,10 @@ DOCKER = ("no Docker engine on the machines that run the tests: tests/test_compo
           "docker-compose.yml as data, against the commands the tests run")
 YOUR_TRACES = ("reads the reader's own traces: chapter 6 runs the doctor on traces it makes, "
                "tests/test_doctor_sources.py on Jaeger's and Tempo's APIs")
+YOUR_STORE = ("installs or runs the doctor where the reader's own spans are: "
+              "tests/test_package.py installs the package and runs its script, "
+              "tests/test_doctor_clickhouse.py runs its SQL on ClickHouse's engine and on "
+              "compressed files")
 OPT_IN = ("an opt-in run of minutes or hours: the default suite runs the same tests at a "
           "smaller size")
 NOT_RUN = {  # (document, command): why the walk does not run it
@@ -81,6 +85,12 @@ NOT_RUN = {  # (document, command): why the walk does not run it
                   "tests/test_readme_reliability.py"): OPT_IN,
     ("README.md", "UPDATE_README=1 LOAD_ORDERS=20000 python -m pytest tests/test_load.py "
                   "tests/test_sampling.py tests/test_readme_reliability.py"): OPT_IN,
+    ("README.md", 'pip install ".[clickhouse]"    # in a checkout: the doctor and its '
+                  "script, nothing heavy"): YOUR_STORE,
+    ("README.md", 'celery-trace-doctor "clickhouse://ch.internal:8123/otel?table=otel_traces" '
+                  "--since 1h"): YOUR_STORE,
+    ("README.md", 'pip install ".[files]"         # chDB, about 530 MB'): YOUR_STORE,
+    ("README.md", "celery-trace-doctor traces.jsonl.zst"): YOUR_STORE,
     ("README.md", "python -m benchmarks.run"): "a benchmark, minutes long on a quiet machine: "
                                                "its figures are one recorded run, never a test",
 }
@@ -165,6 +175,8 @@ def plan(parts):
     installed = []
     for number, part in enumerate(parts):
         for command in commands(part):
+            if (part.path.name, command.text) in NOT_RUN:
+                continue
             installed = installed + [f for f in installs(command) or [] if f not in installed]
             yield number, command, installed
 
@@ -259,6 +271,9 @@ class Walk:
                                  f"it as a command to run")
 
     def step(self, command):
+        if (self.part.path.name, command.text) in NOT_RUN:
+            self.say(f"not run: {command.text}: {NOT_RUN[self.part.path.name, command.text]}")
+            return
         files = installs(command)
         if files:
             for name in files:
@@ -267,8 +282,6 @@ class Walk:
             self.installed += [f for f in files if f not in self.installed]
             self.say(f"installed: {' '.join(files)} (a fresh virtualenv with "
                      f"{', '.join(self.installed)})")
-        elif (self.part.path.name, command.text) in NOT_RUN:
-            self.say(f"not run: {command.text}: {NOT_RUN[self.part.path.name, command.text]}")
         elif command.terminal:
             self.start_terminal(command.text)
         else:
