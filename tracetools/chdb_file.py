@@ -38,12 +38,19 @@ CREATE TABLE otel.otel_traces (
 """
 # Read the file in small pieces and keep no more of it in memory than they: pread, not mmap
 # (a mapped file's pages count in the process's RSS), and a JSON object (a batch of hundreds
-# of spans) is a row, so 64 of them to a block. A batch cut short (a collector that stopped
+# of spans) is a row, so 64 of them to a block. The table is written in parts of 131072 rows,
+# not the default million: an insert holds a whole part's rows (attribute maps and all) before
+# it writes them, half a gigabyte at the default. A batch cut short (a collector that stopped
 # mid-write) is left out, as the Python reader leaves it out, though unannounced here; a
 # compressed stream that is cut short or corrupt is an error.
 STREAMING = ("storage_file_read_method = 'pread', max_block_size = 64, "
              "min_chunk_bytes_for_parallel_parsing = 1048576, "
+             "max_insert_block_size = 131072, min_insert_block_size_rows = 131072, "
+             "min_insert_block_size_bytes = 67108864, "
              "input_format_allow_errors_num = 1000")
+# diagnosis.sql counts distinct spans and traces, and the message ids, with GROUP BY: past
+# this many bytes a grouping goes to disk in pieces instead of holding ten million ids.
+SPILL = "SET max_bytes_before_external_group_by = 100000000"
 COLUMNS = ("Timestamp, TraceId, SpanId, ParentSpanId, SpanName, SpanKind, ServiceName, "
            "SpanAttributes, Duration, StatusCode, `Links.SpanId`")
 
@@ -111,6 +118,7 @@ def _store():
 
         scratch = tempfile.mkdtemp(prefix="doctor-chdb-")
         _session = session.Session(scratch)
+        _session.query(SPILL)
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
         atexit.register(_session.close)
     return _session

@@ -117,7 +117,12 @@ WITH
     -- Each of them once: a span exported twice must not count twice. (The sets below need
     -- no such care, and so read celery_rows: the de-duplication holds every span id.)
     celery AS (
-        SELECT * FROM celery_rows LIMIT 1 BY span_key
+        SELECT * FROM celery_rows WHERE span_key NOT IN twice
+        UNION ALL
+        SELECT * FROM celery_rows WHERE span_key IN twice LIMIT 1 BY span_key
+    ),
+    twice AS (
+        SELECT span_key FROM celery_rows GROUP BY span_key HAVING count() > 1
     ),
 
     -- Span ids that the consumer spans name as parent or link: a producer span they reach
@@ -204,10 +209,14 @@ WITH
         )
     ),
 
-    -- Message ids that a consumer span carries, eager runs aside (they consumed nothing).
-    consumed AS (
+    -- Message ids that producer spans carry and no consumer span does, eager runs aside
+    -- (they consumed nothing): few. Grouped, not looked up in a set of every consumed id
+    -- (millions): a GROUP BY can spill to disk (max_bytes_before_external_group_by).
+    unconsumed_ids AS (
         SELECT message_id FROM celery_rows
-        WHERE side = 'CONSUMER' AND NOT is_eager AND message_id != ''
+        WHERE message_id != '' AND (side = 'PRODUCER' OR (side = 'CONSUMER' AND NOT is_eager))
+        GROUP BY message_id
+        HAVING countIf(side = 'CONSUMER') = 0
     ),
 
     -- Every verdict.
@@ -249,7 +258,7 @@ WITH
             -- it as parent or link, no orphan was matched to it by task and time. A publish
             -- that failed sent nothing.
             state = 'producer' AND NOT failed
-                AND NOT (message_id != '' AND message_id IN consumed)
+                AND (message_id = '' OR message_id IN unconsumed_ids)
                 AND NOT producer_reached
                 AND NOT (anonymous AND span_id IN (SELECT producer.1 FROM by_task
                                                    WHERE span_id != producer.1))
@@ -263,9 +272,10 @@ WITH
     )
 
 SELECT
-    (SELECT (toInt64(uniqExact(span_key)),
-             toInt64(uniqExact(reinterpretAsUInt128(unhex(trace_id)))), max(end_ns))
-     FROM spans) AS totals,  -- spans, traces, the newest span's end
+    ((SELECT count() FROM (SELECT span_key FROM spans GROUP BY span_key)),
+     (SELECT count() FROM (SELECT reinterpretAsUInt128(unhex(trace_id)) AS trace_key
+                           FROM spans GROUP BY trace_key)),
+     (SELECT max(end_ns) FROM spans)) AS totals,  -- spans, traces, the newest span's end
     countIf(side != 'WORKER') AS celery_spans,
     countIf(side = 'CONSUMER') AS consumer_spans,
     countIf(state IN ('connected', 'linked')) AS connected,
