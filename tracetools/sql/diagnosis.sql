@@ -22,8 +22,12 @@
 --
 -- It reads the window's rows several times (ClickHouse runs a WITH subquery wherever it is
 -- named): the Celery spans, the span ids that consumers name as parents, each eager root's
--- caller, the totals. What it holds are sets of ids (span ids as 8-byte numbers, message
--- ids), not the spans; windows and joins only see the few orphans and eager roots.
+-- caller, the totals. What it holds are ids (span ids as 8-byte numbers), not the spans;
+-- windows and joins only see the few orphans and eager roots. Where every span id or message
+-- id must be seen (the distinct counts, the parents that never arrived, the messages never
+-- consumed) it groups them instead of holding a set: a GROUP BY goes to disk past
+-- max_bytes_before_external_group_by (the doctor sets it for files; on a server, set it
+-- if the query runs out of memory).
 WITH
     -- The window's rows, with the few columns the doctor reads under its own names.
     spans AS (
@@ -114,15 +118,16 @@ WITH
         )
     ),
 
-    -- Each of them once: a span exported twice must not count twice. (The sets below need
-    -- no such care, and so read celery_rows: the de-duplication holds every span id.)
+    -- Each of them once: a span exported twice must not count twice. Only the ids that occur
+    -- twice (few, found by a GROUP BY that can spill) go through LIMIT BY, which holds every
+    -- id it sees. (The sets below need no such care, and so read celery_rows.)
+    twice AS (
+        SELECT span_key FROM celery_rows GROUP BY span_key HAVING count() > 1
+    ),
     celery AS (
         SELECT * FROM celery_rows WHERE span_key NOT IN twice
         UNION ALL
         SELECT * FROM celery_rows WHERE span_key IN twice LIMIT 1 BY span_key
-    ),
-    twice AS (
-        SELECT span_key FROM celery_rows GROUP BY span_key HAVING count() > 1
     ),
 
     -- Span ids that the consumer spans name as parent or link: a producer span they reach
@@ -133,10 +138,17 @@ WITH
         WHERE side = 'CONSUMER'
     ),
 
-    -- The parents the consumer spans name that are in the window. The set looked up is the
-    -- consumers' (small), not every span id (huge).
-    present AS (
-        SELECT span_key FROM spans WHERE span_key IN reached
+    -- The parents the consumer spans name that no span in the window is: few. Grouped with
+    -- every span id (a GROUP BY can spill to disk), not a set of the millions present.
+    missing AS (
+        SELECT key FROM (
+            SELECT parent_key AS key, 1 AS named FROM celery_rows
+            WHERE side = 'CONSUMER' AND parent_id != ''
+            UNION ALL
+            SELECT span_key AS key, 0 AS named FROM spans
+        )
+        GROUP BY key
+        HAVING min(named) = 1
     ),
 
     -- Eager runs that are roots, and for each the span open around it, if any: a span of the
@@ -160,7 +172,7 @@ WITH
     -- What each span's own row, and the sets above, say.
     own AS (
         SELECT *,
-            parent_id != '' AND parent_key IN present AS parent_present,
+            parent_id != '' AND parent_key NOT IN missing AS parent_present,
             side = 'PRODUCER' AND span_key IN reached AS producer_reached,
             -- A producer span with no message id (made by hand around apply_async) that no
             -- consumer reached: it can only be joined by task and time.
@@ -178,8 +190,7 @@ WITH
 
     -- The producers of the orphans' messages, by message id (the earliest, as evidence).
     -- Only the orphans' message ids are looked up: they are few. This and what follows
-    -- read celery_rows, not celery: a span read twice changes no answer here, and the
-    -- de-duplication is what costs memory.
+    -- read celery_rows, not celery: a span read twice changes no answer here.
     by_message AS (
         SELECT message_id,
                argMin((span_id, trace_id, service), (start_ns, span_id)) AS producer
