@@ -130,12 +130,19 @@ WITH
         SELECT * FROM celery_rows WHERE span_key IN twice LIMIT 1 BY span_key
     ),
 
-    -- Span ids that the consumer spans name as parent or link: a producer span they reach
-    -- was consumed, whatever its message id says.
-    reached AS (
-        SELECT arrayJoin(arrayPushFront(link_keys, parent_key)) AS span_key
-        FROM celery_rows
-        WHERE side = 'CONSUMER'
+    -- The producer spans that no consumer span names as parent or link (a producer span
+    -- they reach was consumed, whatever its message id says): few when messages are
+    -- consumed. Grouped (it can spill), not a set of the millions of ids that are named.
+    unreached AS (
+        SELECT span_key FROM (
+            SELECT span_key, 1 AS producer FROM celery_rows WHERE side = 'PRODUCER'
+            UNION ALL
+            SELECT arrayJoin(arrayPushFront(link_keys, parent_key)) AS span_key, 0 AS producer
+            FROM celery_rows
+            WHERE side = 'CONSUMER'
+        )
+        GROUP BY span_key
+        HAVING min(producer) = 1
     ),
 
     -- The parents the consumer spans name that no span in the window is: few. Grouped with
@@ -173,7 +180,7 @@ WITH
     own AS (
         SELECT *,
             parent_id != '' AND parent_key NOT IN missing AS parent_present,
-            side = 'PRODUCER' AND span_key IN reached AS producer_reached,
+            side = 'PRODUCER' AND span_key NOT IN unreached AS producer_reached,
             -- A producer span with no message id (made by hand around apply_async) that no
             -- consumer reached: it can only be joined by task and time.
             side = 'PRODUCER' AND message_id = '' AND NOT producer_reached AS anonymous,
@@ -211,7 +218,7 @@ WITH
                          ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS producer
         FROM (
             SELECT *,
-                side = 'PRODUCER' AND message_id = '' AND span_key NOT IN reached
+                side = 'PRODUCER' AND message_id = '' AND span_key IN unreached
                     AS anonymous
             FROM celery_rows
             WHERE anonymous OR (seeks_producer AND message_id NOT IN (
