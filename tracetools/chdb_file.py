@@ -48,9 +48,9 @@ STREAMING = ("storage_file_read_method = 'pread', max_block_size = 64, "
              "max_insert_block_size = 131072, min_insert_block_size_rows = 131072, "
              "min_insert_block_size_bytes = 67108864, "
              "input_format_allow_errors_num = 1000")
-# diagnosis.sql counts distinct spans and traces, and finds the few missing ids, with GROUP BY: past
-# this many bytes a grouping goes to disk in pieces instead of holding ten million ids
-# (less spills too often: 10M spans took 71 s at 100 MB, 56 s at 300 MB, in under 750 MB).
+# diagnosis.sql counts spans and traces, and finds the few ids that are missing, with GROUP
+# BY: past this many bytes a grouping goes to disk in pieces instead of holding ten million
+# ids (less spills too often: 10M spans took 71 s at 100 MB, 56 s at 300 MB, in 750 MB).
 SPILL = "SET max_bytes_before_external_group_by = 300000000"
 COLUMNS = ("Timestamp, TraceId, SpanId, ParentSpanId, SpanName, SpanKind, ServiceName, "
            "SpanAttributes, Duration, StatusCode, `Links.SpanId`")

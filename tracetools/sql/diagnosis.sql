@@ -22,12 +22,12 @@
 --
 -- It reads the window's rows several times (ClickHouse runs a WITH subquery wherever it is
 -- named): the Celery spans, the span ids that consumers name as parents, each eager root's
--- caller, the totals. What it holds are ids (span ids as 8-byte numbers), not the spans;
--- windows and joins only see the few orphans and eager roots. Where every span id or message
--- id must be seen (the distinct counts, the parents that never arrived, the messages never
--- consumed) it groups them instead of holding a set: a GROUP BY goes to disk past
--- max_bytes_before_external_group_by (the doctor sets it for files; on a server, set it
--- if the query runs out of memory).
+-- caller, the totals. It holds no spans, and no set of every id: where every span id or
+-- message id must be seen (the distinct counts, the parents that never arrived, the
+-- producers no consumer reached, the messages never consumed) it groups them (span ids as
+-- 8-byte numbers) and keeps the few that answer. A GROUP BY goes to disk past
+-- max_bytes_before_external_group_by (the doctor sets it for files; on a server, set it if
+-- the query runs out of memory). Windows and joins only see the few orphans and eager roots.
 WITH
     -- The window's rows, with the few columns the doctor reads under its own names.
     spans AS (
