@@ -240,10 +240,11 @@ def _span_context(ctx):
     return trace.get_current_span(ctx).get_span_context()
 
 
-def _trace_context(request):
-    """What REQUEST's message carried for the worker to continue: "valid" (a usable trace
-    context), "absent" (no traceparent, or what the propagators read instead) or
-    "malformed" (one was there, but refused or unparsable)."""
+def _trace_context(request, extracted):
+    """What REQUEST's message carried for the worker to continue, EXTRACTED being what the
+    propagators made of it: "valid" (a usable trace context), "absent" (no traceparent, or
+    what the propagators read instead) or "malformed" (one was there, but refused or
+    unparsable)."""
     # Baggage travels beside a trace context and tracestate only qualifies a traceparent:
     # alone, neither is a trace to continue.
     fields = get_global_textmap().fields - {"baggage", "tracestate"}
@@ -251,7 +252,7 @@ def _trace_context(request):
         return "absent"
     # The getter refuses oversized and non-ASCII values, and the propagator unparsable ones:
     # either way there is nothing to continue, though the publisher did send something.
-    return "valid" if _span_context(extract(request, getter=_getter)).is_valid else "malformed"
+    return "valid" if _span_context(extracted).is_valid else "malformed"
 
 
 def _link_to(span_context):
@@ -271,13 +272,22 @@ def _continue_trace(task, **_):
     # None. The context travels on the task request instead.
     if _standing_aside():
         return
-    parent, links = _producer_context(task.request)
-    _start_consumer_span(task, parent, links)
+    _start_consumer_span(task, _producer_context(task.request))
+
+
+class _Producer(NamedTuple):
+    """What the spans that record a run continue, from its message."""
+
+    parent: object  # the context to start them in
+    links: list
+    trace_context: str  # what the message carried: see _trace_context
 
 
 def _producer_context(request):
-    """The parent context and the links of the spans that record REQUEST's run."""
-    parent = extract(request, getter=_getter)
+    """The parent context and the links of the spans that record REQUEST's run, and what
+    its message carried."""
+    # Extracted once per run: what the message carried is read off the same result.
+    extracted = parent = extract(request, getter=_getter)
     if request.is_eager and not _span_context(parent).is_valid:
         # Eager mode (task_always_eager, task.apply()) publishes nothing, so there was no
         # before_task_publish and there is nothing to extract. The task runs inside its
@@ -289,24 +299,25 @@ def _producer_context(request):
         # The caller asked for a new trace: start a root that links back to the producer.
         links += _link_to(_span_context(parent))
         parent = context.Context()
-    return parent, links
+    return _Producer(parent, links, _trace_context(request, extracted))
 
 
-def _start_consumer_span(task, parent, links=()):
+def _start_consumer_span(task, producer):
     request = task.request
-    attributes = {**_consumer_attributes(request, task.name), **_waiting_times(request)}
+    attributes = {**_consumer_attributes(request, task.name, producer.trace_context),
+                  **_waiting_times(request)}
     span = _tracer.start_span(
-        f"celery.run {task.name}", context=parent, kind=SpanKind.CONSUMER,
-        attributes=attributes, links=links,
+        f"celery.run {task.name}", context=producer.parent, kind=SpanKind.CONSUMER,
+        attributes=attributes, links=producer.links,
     )
     # Attach the consumer span itself, so the task's own spans become its children. The
     # token and span live on this task's request, never in a module global: the threads,
     # gevent and eventlet pools run many tasks at once in one process.
-    token = context.attach(trace.set_span_in_context(span, parent))
+    token = context.attach(trace.set_span_in_context(span, producer.parent))
     request.otel_consumer = _Running(span, token)
 
 
-def _consumer_attributes(request, task_name):
+def _consumer_attributes(request, task_name, trace_context):
     attributes = {
         "messaging.system": "celery",
         "messaging.operation.type": "process",
@@ -317,10 +328,11 @@ def _consumer_attributes(request, task_name):
         # An eager run (task.apply(), task_always_eager) had no message: a root span of one
         # is not an orphan of a lost publish, and the doctor must not count it as one.
         "celery.is_eager": bool(request.is_eager),
+    }
+    if trace_context is not None:
         # What the message carried, whatever the span's parent became: with it, the doctor
         # can prove a root span's cause (not injected, or injected and not extracted).
-        "celery.trace_context": _trace_context(request),
-    }
+        attributes["celery.trace_context"] = trace_context
     # The task that published this one, if any: a chain step, callback or retry has one. A
     # consumer span with no producer span tells a republish that lost the context (the
     # parent is set) from a producer that never sent it (no parent).
@@ -435,15 +447,13 @@ def _record_failure(sender, exception, task_id=None, **_):
         received.otel_failure_recorded = True
         # What the pool process would have built from the same message headers.
         request = TaskRequest(received.request_dict)
-    parent, links = _producer_context(request)
-    attributes = _consumer_attributes(request, sender.name)
-    if received is None:
-        # No message to read: what it carried is unknown, and "absent" would accuse its
-        # publisher of sending nothing.
-        del attributes["celery.trace_context"]
+    producer = _producer_context(request)
+    # With no message to read, what it carried is unknown: "absent" would accuse its
+    # publisher of sending nothing.
+    carried = None if received is None else producer.trace_context
     span = _tracer.start_span(
-        f"celery.failed {sender.name}", context=parent, kind=SpanKind.CONSUMER,
-        attributes=attributes, links=links,
+        f"celery.failed {sender.name}", context=producer.parent, kind=SpanKind.CONSUMER,
+        attributes=_consumer_attributes(request, sender.name, carried), links=producer.links,
     )
     _mark_failed(span, exception)
     span.end()
@@ -467,10 +477,10 @@ def _record_revoked(sender, request, terminated=False, expired=False, **_):
     # producer's trace, so the trace shows where the work stopped. Nothing is attached, so
     # no context can leak into the next task.
     reason = "expired" if expired else "terminated" if terminated else "revoked"
-    parent, links = _producer_context(request)
+    producer = _producer_context(request)
+    attributes = _consumer_attributes(request, sender.name, producer.trace_context)
     span = _tracer.start_span(
-        f"celery.revoked {sender.name}", context=parent, kind=SpanKind.CONSUMER,
-        attributes={**_consumer_attributes(request, sender.name), "celery.revoked.reason": reason},
-        links=links,
+        f"celery.revoked {sender.name}", context=producer.parent, kind=SpanKind.CONSUMER,
+        attributes={**attributes, "celery.revoked.reason": reason}, links=producer.links,
     )
     span.end()

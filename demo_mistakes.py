@@ -26,8 +26,11 @@ def install_article_handler():
 def start_span_from_headers(sender, headers=None, **_):
     # The mistake: task_prerun sends no headers argument, so HEADERS is None every time,
     # nothing is extracted, and each task's span starts a trace of its own, whatever the
-    # message carried.
-    celery_signals._start_consumer_span(sender, extract(headers or {}))
+    # message carried (the span still records what that was, as the fix's spans do).
+    producer = celery_signals._producer_context(sender.request)
+    celery_signals._start_consumer_span(
+        sender, producer._replace(parent=extract(headers or {}), links=[]),
+    )
 
 
 def install_worker_half():
