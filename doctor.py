@@ -95,8 +95,10 @@ def main(argv=None):
             source = args.sources[0]  # a ClickHouse table, or a file for chDB: the join in SQL
             if since is None and engines.is_server(source):
                 since = now - sources.DEFAULT_LOOKBACK
-            findings = engines.findings(source, _ns(since), _ns(until), args.worker_service,
-                                        args.limit, args.timeout, warn)
+            findings = engines.findings(
+                source, sources.nanoseconds(since), sources.nanoseconds(until),
+                args.worker_service, args.limit, args.timeout, warn,
+            )
         else:
             spans = sources.load(args.sources, services=args.service,
                                  worker_services=args.worker_service, since=since, until=until,
@@ -173,8 +175,9 @@ def _ratio(diagnosis):
 
 def summary(diagnosis, max_ratio, since, until):
     """One line: what failed, against how many consumer spans, and whether that is OK."""
-    parts = [f"{len(diagnosis['orphans']):,} of {diagnosis['consumer_spans']:,} Celery "
-             "consumer spans orphaned"]
+    # Counted by cause: a store lists only the first --limit orphans, but counts them all.
+    orphaned = sum(diagnosis["causes"].values())
+    parts = [f"{orphaned:,} of {diagnosis['consumer_spans']:,} Celery consumer spans orphaned"]
     not_continued = sum(r["verdict"] == NOT_CONTINUED for r in diagnosis["eager_roots"])
     if not_continued:
         parts.append(f"{not_continued:,} eager run{'s' * (not_continued > 1)} not continued")
@@ -209,10 +212,6 @@ def _without_login(source):
     if parts.password is None and parts.username is None:
         return str(source)
     return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
-def _ns(unix_seconds):
-    return None if unix_seconds is None else round(unix_seconds * 1e9)
 
 
 if __name__ == "__main__":

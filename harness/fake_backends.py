@@ -23,22 +23,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
 
 from tracetools import otlp_json, sources
-from tracetools.span_record import MESSAGE_ID_KEYS, message_id
+from tracetools.span_record import MESSAGE_ID_KEYS, message_id, message_side
 
 TRACE_PATH = re.compile(r"/api/traces/([0-9a-f]{32})")
 # The values a search compares with: each "..." after an =, with \" and \\ escaped.
 QUOTED = re.compile(r'= "((?:[^"\\]|\\.)*)"')
 LASTED = re.compile(r"duration >= (\d+)ns")
-
-
-def side(span):
-    """What Tempo's `kind = producer || span.messaging.operation... =~ ...` selects."""
-    if span["kind"] in ("PRODUCER", "CONSUMER"):
-        return span["kind"]
-    attributes = span["attributes"]
-    operation = attributes.get("messaging.operation.type") or attributes.get("messaging.operation")
-    return {"process": "CONSUMER", "deliver": "CONSUMER", "send": "PRODUCER",
-            "publish": "PRODUCER", "create": "PRODUCER"}.get(operation)
 
 
 class Backend(ThreadingHTTPServer):
@@ -94,7 +84,7 @@ def _trace(spans):
     root = next((span for span in spans if span["parent_id"] is None), None)
     return _Trace(min(span["start_ns"] for span in spans), max(span["end_ns"] for span in spans),
                   {span["span_id"] for span in spans},
-                  {span["parent_id"] for span in spans if side(span) == "CONSUMER"},
+                  {span["parent_id"] for span in spans if message_side(span) == "CONSUMER"},
                   root and root["service"])
 
 
@@ -141,12 +131,12 @@ class FakeTempo(Backend):
         """A function (span, _Trace) -> bool for the TraceQL Q, or None if sources sends no
         such query."""
         if q == sources.TEMPO_CONSUMERS:
-            return lambda span, _: side(span) == "CONSUMER"
+            return lambda span, _: message_side(span) == "CONSUMER"
         if q == sources.TEMPO_UNPARENTED_CONSUMERS:
-            return lambda span, trace: (side(span) == "CONSUMER"
+            return lambda span, trace: (message_side(span) == "CONSUMER"
                                         and span["parent_id"] not in trace.span_ids)
         if q == sources.TEMPO_CHILDLESS_PRODUCERS:
-            return lambda span, trace: (side(span) == "PRODUCER"
+            return lambda span, trace: (message_side(span) == "PRODUCER"
                                         and span["span_id"] not in trace.consumer_parents)
         quoted = [re.sub(r"\\(.)", r"\1", value) for value in QUOTED.findall(q)]
         for wanted_side, traceql in (("PRODUCER", sources.TEMPO_PRODUCER),
@@ -154,7 +144,7 @@ class FakeTempo(Backend):
             ids = quoted[::len(MESSAGE_ID_KEYS)]  # each id once per attribute name
             if ids and q == sources.tempo_by_message_ids(traceql, ids):
                 return lambda span, _, s=wanted_side, ids=set(ids): (
-                    side(span) == s and message_id(span) in ids)
+                    message_side(span) == s and message_id(span) in ids)
         if quoted and q == sources.tempo_rooted_in(quoted):
             return lambda _, trace: trace.root_service in quoted
         lasted = LASTED.search(q)

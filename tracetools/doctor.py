@@ -33,8 +33,9 @@ from array import array
 from collections import Counter, defaultdict
 from typing import NamedTuple
 
+from tracetools import span_record
 from tracetools.sources import SourceError, load
-from tracetools.span_record import MESSAGE_ID_KEYS, is_eager
+from tracetools.span_record import is_eager, message_side
 
 __all__ = [
     "CAUSES", "Findings", "SourceError", "assert_no_orphans", "diagnose", "examine", "load",
@@ -107,11 +108,6 @@ CELERY_PREFIXES = NAME_PREFIXES["PRODUCER"] + NAME_PREFIXES["CONSUMER"]
 # The messaging conventions' span names, "<destination> <operation>" and the older
 # "<operation> <destination>": for Celery the destination is the task.
 OPERATIONS = ("publish", "process", "receive", "send")
-# The messaging conventions' operation, for spans whose kind does not say which side they are.
-OPERATION_SIDES = {
-    "send": "PRODUCER", "publish": "PRODUCER", "create": "PRODUCER",
-    "process": "CONSUMER", "deliver": "CONSUMER",
-}
 # The current names first, then those older opentelemetry-instrumentation-celery releases wrote.
 TASK_NAME_KEYS = ("celery.task.name", "celery.task_name")
 # What our consumer spans record of the message: the context it carried, and whether it was
@@ -310,9 +306,7 @@ def _recognise(span, trace_id, worker_services):
     """The span as a _Span if it is a Celery producer or consumer, or a worker service's
     non-Celery root; else None."""
     attributes = span["attributes"]
-    side = span["kind"] if span["kind"] in NAME_PREFIXES else OPERATION_SIDES.get(
-        attributes.get("messaging.operation.type") or attributes.get("messaging.operation")
-    )
+    side = message_side(span)
     is_celery = side is not None and (
         attributes.get("messaging.system") == "celery"
         or any(key in attributes for key in (*TASK_NAME_KEYS, "celery.action"))
@@ -344,14 +338,13 @@ def task_from_name(name):
 
 def _keep(span, trace_id, side, task):
     attributes = span["attributes"]
-    message_id = next((attributes[k] for k in MESSAGE_ID_KEYS if attributes.get(k)), None)
     parent_task_id = attributes.get("celery.parent_task_id") or None
     trace_context = attributes.get("celery.trace_context")
     # Interned: a million spans share a handful of names, services and tasks.
     return _Span(
         side, trace_id, span["span_id"], span["parent_id"], sys.intern(span["name"]),
         span["service"] and sys.intern(span["service"]), task and sys.intern(str(task)),
-        message_id and str(message_id), parent_task_id and str(parent_task_id),
+        span_record.message_id(span), parent_task_id and str(parent_task_id),
         sys.intern(trace_context) if trace_context in TRACE_CONTEXTS else None,
         is_eager(attributes), span["start_ns"],
         tuple(link["span_id"] for link in span["links"]), span["status"] == "ERROR",

@@ -22,7 +22,13 @@ from itertools import chain
 from pathlib import Path
 
 from tracetools import otlp_json, sink
-from tracetools.span_record import MESSAGE_ID_KEYS, is_eager, message_id
+from tracetools.span_record import (
+    MESSAGE_ID_KEYS,
+    OPERATION_SIDES,
+    is_eager,
+    message_id,
+    message_side,
+)
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 DEFAULT_LOOKBACK = 3600.0  # seconds: how far back a Jaeger or Tempo search looks, unless told
@@ -58,7 +64,7 @@ def load(source, *, services=(), worker_services=(), since=None, until=None,
     source; a source with nothing readable raises SourceError, as does one that is missing,
     not OTLP or does not answer.
     """
-    window = (_nanoseconds(since), _nanoseconds(until))
+    window = (nanoseconds(since), nanoseconds(until))
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     # Opened now, read later: a missing file or a bad URL is said before anything is read.
     readers = [_reader(str(one), services, worker_services, window, limit, timeout, warn,
@@ -75,7 +81,8 @@ def duration(text):
     return float(match[1]) * SECONDS[match[2]]
 
 
-def _nanoseconds(seconds):
+def nanoseconds(seconds):
+    """Unix SECONDS (or None) as integer nanoseconds, as every source compares start times."""
     # Exactly, through Fraction: a float times 1e9 rounds differently from source to source.
     return None if seconds is None else int(Fraction(seconds) * 1_000_000_000)
 
@@ -314,16 +321,21 @@ def _jaeger_queries(parts, path, query, services, start, end, limit):
 # consumer spans, connected ones) covers those traces, not the whole window: the orphans, their
 # causes, the eager roots' verdicts and the unconsumed messages are the same as from a whole
 # export.
-TEMPO_CONSUMER = ('kind = consumer || span.messaging.operation.type =~ "process|deliver"'
-                  ' || span.messaging.operation =~ "process|deliver"')
-TEMPO_PRODUCER = ('kind = producer || span.messaging.operation.type =~ "send|publish|create"'
-                  ' || span.messaging.operation =~ "send|publish|create"')
+
+
+def _traceql_side(side):
+    """TraceQL for the spans of SIDE (PRODUCER or CONSUMER), as message_side() judges them."""
+    operations = "|".join(op for op, its in OPERATION_SIDES.items() if its == side)
+    return (f'kind = {side.lower()} || span.messaging.operation.type =~ "{operations}"'
+            f' || span.messaging.operation =~ "{operations}"')
+
+
+TEMPO_CONSUMER = _traceql_side("CONSUMER")
+TEMPO_PRODUCER = _traceql_side("PRODUCER")
 TEMPO_CONSUMERS = f"{{ {TEMPO_CONSUMER} }}"
 TEMPO_SAMPLE_TRACES = 5
 TEMPO_UNPARENTED_CONSUMERS = f"{{ }} !> {{ {TEMPO_CONSUMER} }}"
 TEMPO_CHILDLESS_PRODUCERS = f"{{ {TEMPO_CONSUMER} }} !< {{ {TEMPO_PRODUCER} }}"
-CONSUMER_OPERATIONS = ("process", "deliver")
-PRODUCER_OPERATIONS = ("send", "publish", "create")
 
 
 def tempo_by_message_ids(side, ids):
@@ -371,17 +383,17 @@ class _Tempo:
                     + (self._search(tempo_rooted_in(self.worker_services), narrow=True)
                        if self.worker_services else []))
         fetched = [span for spans in self.traces.values() for span in spans]
-        produced = {message_id(s) for s in fetched if _side(s) == "PRODUCER"}
+        produced = {message_id(s) for s in fetched if message_side(s) == "PRODUCER"}
         # An eager run consumed no message and is never joined to a producer, whatever id it
         # carries: it neither needs a producer nor makes a message consumed.
         received = [s for s in fetched
-                    if _side(s) == "CONSUMER" and not is_eager(s["attributes"])]
+                    if message_side(s) == "CONSUMER" and not is_eager(s["attributes"])]
         consumed = {message_id(s) for s in received}
-        parents = {s["parent_id"] for s in fetched if _side(s) == "CONSUMER"}
+        parents = {s["parent_id"] for s in fetched if message_side(s) == "CONSUMER"}
         ids = {s["span_id"] for s in fetched}
         unparented = {message_id(s) for s in received if s["parent_id"] not in ids}
         childless = {message_id(s) for s in fetched
-                     if _side(s) == "PRODUCER" and s["span_id"] not in parents}
+                     if message_side(s) == "PRODUCER" and s["span_id"] not in parents}
         self._fetch_carrying(TEMPO_PRODUCER, unparented - produced - {None})
         self._fetch_carrying(TEMPO_CONSUMER, childless - consumed - {None})
         self._fetch_callers()
@@ -392,7 +404,7 @@ class _Tempo:
         """The traces that may hold the caller of each eager run that is a root (7 above)."""
         # A span without a service.name cannot be searched by it.
         eager_roots = [span for spans in self.traces.values() for span in spans
-                       if _side(span) == "CONSUMER" and span["parent_id"] is None
+                       if message_side(span) == "CONSUMER" and span["parent_id"] is None
                        and is_eager(span["attributes"]) and span["service"]]
         for run in eager_roots:
             # Whole seconds around the run: Tempo's search window is in seconds.
@@ -432,17 +444,6 @@ class _Tempo:
                 self.traces[trace_id] = _trace_spans(urllib.parse.urlunsplit(self.parts._replace(
                     path=f"{self.base}/api/traces/{trace_id}", query="",
                 )), self.timeout)
-
-
-def _side(span):
-    """PRODUCER, CONSUMER or None, as the TraceQL above tells them apart."""
-    if span["kind"] in ("PRODUCER", "CONSUMER"):
-        return span["kind"]
-    attributes = span["attributes"]
-    operation = attributes.get("messaging.operation.type") or attributes.get("messaging.operation")
-    if operation in CONSUMER_OPERATIONS:
-        return "CONSUMER"
-    return "PRODUCER" if operation in PRODUCER_OPERATIONS else None
 
 
 def _rfc3339(seconds):

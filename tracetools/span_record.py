@@ -70,6 +70,25 @@ def message_id(span):
     return None if found is None else str(found)
 
 
+# The messaging conventions' operations, for spans whose kind does not say which side of a
+# message they are on (an SDK that writes INTERNAL for everything, say).
+OPERATION_SIDES = {
+    "send": "PRODUCER", "publish": "PRODUCER", "create": "PRODUCER",
+    "process": "CONSUMER", "deliver": "CONSUMER",
+}
+
+
+def message_side(span):
+    """PRODUCER, CONSUMER or None: which side of a message SPAN is on, by its kind, else by
+    its messaging operation. The doctor, the Tempo reader and its searches all judge so."""
+    if span["kind"] in ("PRODUCER", "CONSUMER"):
+        return span["kind"]
+    attributes = span["attributes"]
+    return OPERATION_SIDES.get(
+        attributes.get("messaging.operation.type") or attributes.get("messaging.operation")
+    )
+
+
 # opentelemetry-instrumentation-celery says eager inside the repr of the request's
 # delivery_info, which Celery's Task.apply fills.
 AUTO_EAGER = "'is_eager': True"
